@@ -1,0 +1,24 @@
+# Two commands on a fresh machine: `make demo` (the CPU quick run, end to end) and `make test`.
+# Both create .venv and install requirements.txt when needed, and nothing more when it is there.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO := runs/demo
+
+.PHONY: test demo clean-demo
+
+$(STAMP): requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --disable-pip-version-check -q -r requirements.txt
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(PY) train_autoencoder.py --config configs/autoencoder_quick.yaml --output_dir $(DEMO)/autoencoder
+	$(PY) train_latent_ddpm.py --config configs/latent_ddpm_quick.yaml --autoencoder $(DEMO)/autoencoder --output_dir $(DEMO)/pipeline
+	$(PY) -m pipeline.evaluate --pipeline $(DEMO)/pipeline --num_samples 2000 --num_inference_steps 20 --scheduler dpm --output_dir $(DEMO)/evaluation
+
+clean-demo:
+	rm -rf $(DEMO)

@@ -1,0 +1,297 @@
+"""Every training option in one place, with why it is there.
+
+A run's config is: these dataclass defaults <- a YAML file (`--config`) <- command-line
+overrides (`--key value`, nested as `--unet.layers_per_block 1`). Values on the command
+line are parsed as YAML scalars, so `true`, `1e-4`, `null` and `[64,128]` all work.
+Unknown keys, wrong types and out-of-range values raise `UserError` naming the key.
+The resolved config is written into the run folder (`training_config.yaml`).
+"""
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from .errors import UserError
+
+SECRET_KEYS = {"hub_token"}  # never written to disk or logged
+
+
+@dataclass
+class TrainConfig:
+    """Options both training scripts share; names follow diffusers' example scripts."""
+
+    output_dir: str = "runs/default"  # the run folder: model, pictures, logs, checkpoints
+    dataset: str = "ylecun/mnist"  # Hub dataset id; zalando-datasets/fashion_mnist also works
+    data_dir: Optional[str] = None  # folder with the four IDX files: skips the Hub entirely
+    max_train_samples: Optional[int] = None  # use only the first N training digits (quick tests)
+    seed: int = 0  # seeds weights, data order and noise: same seed, same run
+    train_batch_size: int = 256  # per process; the effective batch is this x processes x accumulation
+    max_train_steps: int = 2000  # optimizer steps; training ends exactly here, also after resume
+    learning_rate: float = 1e-3  # peak learning rate after warmup
+    lr_scheduler: str = "cosine"  # any name diffusers.optimization.get_scheduler knows
+    lr_warmup_steps: int = 100  # linear warmup keeps the first large-batch steps stable
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99  # shorter second-moment memory suits short runs
+    adam_weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # gradient clipping guards against rare spikes
+    gradient_accumulation_steps: int = 1  # simulate a larger batch on small hardware
+    mixed_precision: str = "no"  # no / fp16 / bf16 (bf16 on Ampere+ GPUs)
+    checkpointing_steps: int = 500  # save the full Accelerate state this often
+    checkpoints_total_limit: Optional[int] = 2  # keep this many checkpoint-N folders
+    resume_from_checkpoint: Optional[str] = None  # a checkpoint path or "latest"
+    report_to: str = "tensorboard"  # Accelerate tracker; "none" disables logging
+    logging_dir: str = "logs"  # relative to output_dir
+    logging_steps: int = 20  # how often scalars go to the tracker
+    validation_steps: int = 500  # how often pictures go to the tracker
+    compile: bool = False  # torch.compile the model (GPU runs; slow to start on CPU)
+    num_threads: Optional[int] = None  # CPU threads for torch; None leaves torch's default
+
+    def validate(self):
+        positive = ["train_batch_size", "max_train_steps", "gradient_accumulation_steps",
+                    "checkpointing_steps", "logging_steps", "validation_steps"]
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise UserError(f"{key} must be >= 1, got {getattr(self, key)}; pass --{key} with a positive number")
+        if not self.learning_rate > 0:
+            raise UserError(f"learning_rate must be > 0, got {self.learning_rate}; pass e.g. --learning_rate 1e-3")
+        for key in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, key, None) is not None and getattr(self, key) < 1:
+                raise UserError(f"{key} must be >= 1 or null (all), got {getattr(self, key)}")
+        if self.lr_warmup_steps < 0:
+            raise UserError(f"lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise UserError(f"mixed_precision must be one of no, fp16, bf16, got {self.mixed_precision!r}")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise UserError("checkpoints_total_limit must be >= 1 or null (keep all)")
+        if self.report_to not in ("tensorboard", "none"):
+            raise UserError(f"report_to must be tensorboard or none, got {self.report_to!r}")
+        from diffusers.optimization import SchedulerType
+
+        names = [s.value for s in SchedulerType]
+        if self.lr_scheduler not in names:
+            raise UserError(f"lr_scheduler {self.lr_scheduler!r} is unknown; choose one of {', '.join(names)}")
+
+
+@dataclass
+class AutoencoderModelConfig:
+    """Arguments of CABAutoencoder; they become its config.json."""
+
+    block_out_channels: list = field(default_factory=lambda: [64, 128, 128])  # one entry per resolution; 3 -> 32x32 to 8x8
+    layers_per_block: int = 2  # residual CAB blocks per resolution
+    latent_channels: int = 4  # 4x8x8 latents: small enough for a fast UNet, rich enough for 38 dB
+    reduction: int = 8  # channel-attention squeeze ratio
+    norm_num_groups: int = 16
+
+
+@dataclass
+class AutoencoderTrainConfig(TrainConfig):
+    output_dir: str = "runs/autoencoder"
+    autoencoder: AutoencoderModelConfig = field(default_factory=AutoencoderModelConfig)
+    tsne_num_points: int = 10000  # t-SNE of the full test split; lower it for a faster CPU run
+    max_eval_samples: Optional[int] = None  # PSNR/SSIM over the full test split unless set (quick tests)
+
+    def validate(self):
+        super().validate()
+        ae = self.autoencoder
+        if len(ae.block_out_channels) < 2:
+            raise UserError("autoencoder.block_out_channels needs >= 2 entries (each extra one halves the size)")
+        for c in ae.block_out_channels:
+            if c % ae.norm_num_groups or c % ae.reduction:
+                raise UserError(f"autoencoder channel count {c} must be divisible by norm_num_groups "
+                                f"({ae.norm_num_groups}) and reduction ({ae.reduction})")
+
+
+@dataclass
+class UNetConfig:
+    """Arguments of diffusers' UNet2DModel for 8x8 latents."""
+
+    block_out_channels: list = field(default_factory=lambda: [128, 256])
+    down_block_types: list = field(default_factory=lambda: ["DownBlock2D", "AttnDownBlock2D"])
+    up_block_types: list = field(default_factory=lambda: ["AttnUpBlock2D", "UpBlock2D"])
+    layers_per_block: int = 2
+    attention_head_dim: int = 64
+    norm_num_groups: int = 32
+    dropout: float = 0.0
+
+
+@dataclass
+class LatentDDPMTrainConfig(TrainConfig):
+    output_dir: str = "runs/latent_ddpm"
+    autoencoder: str = "runs/autoencoder"  # trained autoencoder folder or Hub id
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    learning_rate: float = 2e-4
+    ddpm_num_steps: int = 1000
+    ddpm_beta_schedule: str = "squaredcos_cap_v2"  # cosine schedule: more useful steps at low noise
+    prediction_type: str = "epsilon"  # epsilon / v_prediction / sample; must match at sampling
+    snr_gamma: Optional[float] = None  # min-SNR loss weighting (5.0 is the paper's value); null = off
+    conditioning: str = "none"  # none / class: class-conditional UNet with label dropout for CFG
+    class_dropout: float = 0.1  # fraction of labels dropped so one model learns both modes
+    use_ema: bool = True  # EMA weights sample better than the raw ones
+    ema_max_decay: float = 0.9999
+    ema_inv_gamma: float = 1.0
+    ema_power: float = 0.75
+    save_images_steps: int = 500  # decoded sample grids to TensorBoard this often
+    num_inference_steps: int = 20  # steps for the pictures made at the end (DPM-Solver++)
+    eval_num_samples: int = 10000  # score this many samples at the end (FID etc.); 0 skips it
+    push_to_hub: bool = False
+    hub_model_id: Optional[str] = None
+    hub_token: Optional[str] = None  # else HF_TOKEN or `huggingface-cli login`; never saved
+    hub_private_repo: bool = False
+
+    def validate(self):
+        super().validate()
+        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise UserError(f"prediction_type must be epsilon, v_prediction or sample, got {self.prediction_type!r}")
+        if self.conditioning not in ("none", "class"):
+            raise UserError(f"conditioning must be none or class, got {self.conditioning!r}")
+        if not 0 <= self.class_dropout < 1:
+            raise UserError(f"class_dropout must be in [0, 1), got {self.class_dropout}")
+        if self.eval_num_samples < 0:
+            raise UserError(f"eval_num_samples must be >= 0, got {self.eval_num_samples}")
+        if self.ddpm_num_steps < 2 or self.num_inference_steps < 1 or self.save_images_steps < 1:
+            raise UserError("ddpm_num_steps must be >= 2, num_inference_steps and save_images_steps >= 1")
+        u = self.unet
+        if not (len(u.block_out_channels) == len(u.down_block_types) == len(u.up_block_types)):
+            raise UserError("unet.block_out_channels, unet.down_block_types and unet.up_block_types need the same length")
+        if self.push_to_hub and not self.hub_model_id:
+            raise UserError("push_to_hub needs a repo: pass --hub_model_id user/name")
+
+
+# ---------------------------------------------------------------------------------------
+# Loading: defaults <- YAML <- command line
+
+
+def _check_type(key, value, hint):
+    """Return `value` converted to the type `hint`, or raise a UserError naming `key`."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        origin = typing.get_origin(hint)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML reads "1e-4" as a string
+            return float(value)
+        except ValueError:
+            pass
+    expected = origin or hint
+    if expected is list and isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise UserError(f"{key} expects {getattr(expected, '__name__', expected)}, got {value!r}")
+    return value
+
+
+def _build(cls, values: dict, prefix=""):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            full = prefix + key
+            guess = difflib.get_close_matches(key, names, n=1)
+            hint = f"did you mean {prefix + guess[0]!r}? " if guess else ""
+            raise UserError(f"unknown config key {full!r}; {hint}valid keys: {', '.join(prefix + n for n in names)}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise UserError(f"{prefix + key} must be a mapping of options, got {value!r}")
+            kwargs[key] = _build(hint, value, prefix + key + ".")
+        else:
+            kwargs[key] = _check_type(prefix + key, value, hint)
+    return cls(**kwargs)
+
+
+def _set_nested(tree: dict, dotted: str, value):
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        tree = tree.setdefault(p, {})
+        if not isinstance(tree, dict):
+            raise UserError(f"--{dotted}: {p} is not a group of options")
+    tree[parts[-1]] = value
+
+
+def _merge(base: dict, over: dict):
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def parse_config(cls, argv):
+    """Build a validated `cls` from `--config FILE` and `--key value` pairs in argv."""
+    values, overrides, i = {}, {}, 0
+    argv = list(argv)
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-h", "--help"):
+            print(describe(cls))
+            raise SystemExit(0)
+        if not arg.startswith("--"):
+            raise UserError(f"unexpected argument {arg!r}; options look like --key value")
+        key, sep, raw = arg[2:].partition("=")
+        if not sep:
+            if i + 1 >= len(argv):
+                raise UserError(f"--{key} needs a value")
+            raw, i = argv[i + 1], i + 1
+        i += 1
+        if key == "config":
+            values = _merge(values, _read_yaml(raw))
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        _set_nested(overrides, key, value)
+    cfg = _build(cls, _merge(values, overrides))
+    cfg.validate()
+    return cfg
+
+
+def _read_yaml(path):
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file {path} not found; pass --config configs/<name>.yaml")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}")
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of key: value")
+    return data
+
+
+def to_dict(cfg, redact=True) -> dict:
+    d = dataclasses.asdict(cfg)
+    for k in SECRET_KEYS & d.keys():
+        if redact and d[k] is not None:
+            d[k] = "<redacted>"
+    return d
+
+
+def save_config(cfg, path):
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def describe(cls) -> str:
+    lines = [f"options of {cls.__name__} (--key value; nested as --group.key value):"]
+
+    def walk(c, prefix):
+        for f in dataclasses.fields(c):
+            if dataclasses.is_dataclass(f.type if not isinstance(f.type, str) else typing.get_type_hints(c)[f.name]):
+                walk(typing.get_type_hints(c)[f.name], prefix + f.name + ".")
+            else:
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                lines.append(f"  --{prefix}{f.name} (default {default!r})")
+
+    walk(cls, "")
+    return "\n".join(lines)

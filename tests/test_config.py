@@ -1,0 +1,81 @@
+"""Config loading: YAML + command-line overrides, and clear errors for bad values."""
+
+import pytest
+import yaml
+
+from pipeline.config import AutoencoderTrainConfig, LatentDDPMTrainConfig, parse_config, save_config
+from pipeline.errors import UserError
+
+from conftest import REPO
+
+
+def test_yaml_then_overrides_win():
+    cfg = parse_config(AutoencoderTrainConfig, ["--config", str(REPO / "configs/autoencoder_quick.yaml"),
+                                                "--learning_rate", "1e-4", "--autoencoder.layers_per_block", "3",
+                                                "--autoencoder.block_out_channels", "[8, 16, 16]", "--compile=true"])
+    assert cfg.learning_rate == 1e-4 and isinstance(cfg.learning_rate, float)
+    assert cfg.autoencoder.layers_per_block == 3
+    assert cfg.autoencoder.block_out_channels == [8, 16, 16]
+    assert cfg.compile is True
+    assert cfg.train_batch_size == 64  # from the YAML file
+
+
+def test_booleans_nulls_and_nested_ddpm_keys():
+    cfg = parse_config(LatentDDPMTrainConfig, ["--use_ema", "false", "--unet.layers_per_block", "1",
+                                               "--checkpoints_total_limit", "null", "--data_dir", "/x"])
+    assert cfg.use_ema is False and cfg.unet.layers_per_block == 1
+    assert cfg.checkpoints_total_limit is None and cfg.data_dir == "/x"
+
+
+def test_unknown_key_names_it_and_suggests_closest():
+    with pytest.raises(UserError, match=r"unknown config key 'learning_rat'.*did you mean 'learning_rate'"):
+        parse_config(AutoencoderTrainConfig, ["--learning_rat", "1e-3"])
+    with pytest.raises(UserError, match=r"'unet.layers_per_blok'.*'unet.layers_per_block'"):
+        parse_config(LatentDDPMTrainConfig, ["--unet.layers_per_blok", "1"])
+
+
+def test_unknown_key_in_yaml_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train_batchsize: 3\n")
+    with pytest.raises(UserError, match="train_batch_size"):
+        parse_config(AutoencoderTrainConfig, ["--config", str(p)])
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--train_batch_size", "0"], "train_batch_size must be >= 1"),
+    (["--learning_rate", "-1e-3"], "learning_rate must be > 0"),
+    (["--mixed_precision", "fp8"], "mixed_precision must be one of no, fp16, bf16"),
+    (["--train_batch_size", "abc"], "train_batch_size expects int"),
+    (["--max_train_steps", "1.5"], "max_train_steps expects int"),
+    (["--lr_scheduler", "cosinus"], "lr_scheduler 'cosinus' is unknown"),
+    (["--autoencoder.block_out_channels", "[24, 32]"], "divisible"),
+    (["--config", "nope.yaml"], "config file nope.yaml not found"),
+    (["--seed"], "--seed needs a value"),
+])
+def test_bad_values_are_user_errors(args, match):
+    with pytest.raises(UserError, match=match):
+        parse_config(AutoencoderTrainConfig, args)
+
+
+def test_ddpm_specific_checks():
+    with pytest.raises(UserError, match="prediction_type"):
+        parse_config(LatentDDPMTrainConfig, ["--prediction_type", "x0"])
+    with pytest.raises(UserError, match="hub_model_id"):
+        parse_config(LatentDDPMTrainConfig, ["--push_to_hub", "true"])
+    with pytest.raises(UserError, match="same length"):
+        parse_config(LatentDDPMTrainConfig, ["--unet.block_out_channels", "[32, 64, 64]"])
+
+
+def test_resolved_config_is_written_without_the_token(tmp_path):
+    cfg = parse_config(LatentDDPMTrainConfig, ["--hub_token", "hf_secret123", "--seed", "7"])
+    assert cfg.hub_token == "hf_secret123"  # usable in memory
+    save_config(cfg, tmp_path / "training_config.yaml")
+    text = (tmp_path / "training_config.yaml").read_text()
+    assert "hf_secret123" not in text
+    assert yaml.safe_load(text)["seed"] == 7
+
+
+@pytest.mark.parametrize("name,cls", [("autoencoder", AutoencoderTrainConfig), ("autoencoder_quick", AutoencoderTrainConfig),
+                                      ("latent_ddpm", LatentDDPMTrainConfig), ("latent_ddpm_quick", LatentDDPMTrainConfig)])
+def test_shipped_configs_are_valid(name, cls):
+    parse_config(cls, ["--config", str(REPO / "configs" / f"{name}.yaml")])
