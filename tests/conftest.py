@@ -1,4 +1,3 @@
-import os
 from pathlib import Path
 
 import pytest
@@ -20,3 +19,34 @@ def _offline_and_private_cache(tmp_path_factory, monkeypatch):
     # Tests never reach the Hub and never touch the user's cache.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("LATENT_DIGITS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def run_script(script, args, env=None, check=True, timeout=600):
+    """Run one of the training scripts as a user would; fail with its output if it fails."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, str(REPO / script), *args], cwd=REPO, capture_output=True, text=True,
+                         timeout=timeout, env=env)
+    if check and res.returncode != 0:
+        pytest.fail(f"{script} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    return res
+
+
+TINY_AE = ["--autoencoder.block_out_channels", "[8, 16, 16]", "--autoencoder.layers_per_block", "1",
+           "--autoencoder.norm_num_groups", "4", "--autoencoder.reduction", "4"]
+
+
+def tiny_ae_args(mnist_dir, out, steps=40):
+    return ["--config", str(REPO / "configs/autoencoder_quick.yaml"), "--output_dir", str(out),
+            "--data_dir", str(mnist_dir), "--max_train_samples", "2048", "--max_eval_samples", "300",
+            "--max_train_steps", str(steps), "--train_batch_size", "32", "--logging_steps", "5",
+            "--validation_steps", "20", "--checkpointing_steps", "20", "--tsne_num_points", "100", *TINY_AE]
+
+
+@pytest.fixture(scope="session")
+def tiny_autoencoder_run(mnist_dir, tmp_path_factory):
+    """One short real autoencoder training run, shared by the tests that need a trained one."""
+    out = tmp_path_factory.mktemp("runs") / "autoencoder"
+    run_script("train_autoencoder.py", tiny_ae_args(mnist_dir, out))
+    return out

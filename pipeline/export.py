@@ -1,0 +1,183 @@
+"""Write a trained pipeline as a folder plain diffusers can load, with a model card, and push it to the Hub.
+
+The folder uses diffusers' community-components layout (docs: using-diffusers/custom_pipeline_overview):
+
+    model_index.json           "_class_name": ["pipeline_latent_ddpm", "LatentDDPMPipeline"],
+                               "autoencoder": ["autoencoder", "CABAutoencoder"]
+    pipeline_latent_ddpm.py    the pipeline class, at the root
+    autoencoder/autoencoder.py the autoencoder class, beside its config and weights
+    unet/, scheduler/, autoencoder/  config + safetensors, as save_pretrained writes them
+    README.md, samples.png     model card
+
+so `DiffusionPipeline.from_pretrained(folder_or_repo, trust_remote_code=True)` loads it without this repo.
+Plain `save_pretrained` alone would record the autoencoder as ["pipeline.autoencoder", ...] and ship no code.
+"""
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import NamedTuple
+
+from huggingface_hub import HfApi, ModelCardData
+from huggingface_hub.utils import filter_repo_objects, validate_repo_id
+
+logger = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+PIPELINE_MODULE, PIPELINE_CLASS = "pipeline_latent_ddpm", "LatentDDPMPipeline"
+AUTOENCODER_MODULE, AUTOENCODER_CLASS = "autoencoder", "CABAutoencoder"
+SHIPPED_CODE = (f"{PIPELINE_MODULE}.py", f"autoencoder/{AUTOENCODER_MODULE}.py")  # run by trust_remote_code
+SAMPLE_GRID = "samples.png"
+
+# What a pipeline folder consists of; everything else (checkpoint-*/, logs/, optimizer states...) stays home.
+ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.py", "*.md", "*.png", "*.gif", "*.yaml"]
+IGNORE_PATTERNS = [
+    "checkpoint-*", "*/checkpoint-*", "logs/*", "*/logs/*", "runs/*", "wandb/*",
+    "__pycache__/*", "*/__pycache__/*", ".ipynb_checkpoints/*", "*/.ipynb_checkpoints/*", ".*",
+]
+REQUIRED_FILES = [
+    "model_index.json", "README.md", *SHIPPED_CODE,
+    "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+    "autoencoder/config.json", "autoencoder/diffusion_pytorch_model.safetensors",
+    "scheduler/scheduler_config.json",
+]
+_TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{30,}")
+
+
+class UploadPlan(NamedTuple):
+    repo_id: str
+    files: list[str]  # relative paths, posix separators, sorted
+    allow_patterns: list[str]
+    ignore_patterns: list[str]
+
+
+def save_pipeline_folder(pipe, output_dir, metrics: dict | None = None, sample_grid_path: str | None = None,
+                         dataset: str = "ylecun/mnist", license: str = "mit", repo_id: str | None = None) -> Path:
+    """Save `pipe` (a LatentDDPMPipeline) as a complete, self-describing pipeline folder; returns its path."""
+    if type(pipe).__name__ != PIPELINE_CLASS or type(pipe.autoencoder).__name__ != AUTOENCODER_CLASS:
+        raise ValueError(f"expected a {PIPELINE_CLASS} with a {AUTOENCODER_CLASS}, got {type(pipe).__name__}")
+    if sample_grid_path is not None and not os.path.isfile(sample_grid_path):
+        raise FileNotFoundError(f"sample grid {sample_grid_path} does not exist")
+    out = Path(output_dir)
+    pipe.save_pretrained(out, safe_serialization=True)
+
+    # Ship the code next to the weights, and point model_index.json at those files.
+    shutil.copyfile(HERE / f"{PIPELINE_MODULE}.py", out / f"{PIPELINE_MODULE}.py")
+    shutil.copyfile(HERE / "autoencoder.py", out / "autoencoder" / f"{AUTOENCODER_MODULE}.py")
+    index_path = out / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index["_class_name"] = [PIPELINE_MODULE, PIPELINE_CLASS]
+    index["autoencoder"] = [AUTOENCODER_MODULE, AUTOENCODER_CLASS]
+    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+    if sample_grid_path is not None and Path(sample_grid_path).resolve() != (out / SAMPLE_GRID).resolve():
+        shutil.copyfile(sample_grid_path, out / SAMPLE_GRID)  # (a training run may have drawn it there already)
+    (out / "README.md").write_text(_model_card(pipe, metrics, sample_grid_path is not None, dataset, license, repo_id))
+    _check_no_token(out, [p for p in _list_files(out) if not p.endswith(".safetensors")])
+    return out
+
+
+def _model_card(pipe, metrics, has_grid, dataset, license, repo_id) -> str:
+    front = ModelCardData(
+        library_name="diffusers", license=license, datasets=[dataset],
+        tags=["unconditional-image-generation", "diffusers", "latent-diffusion", "mnist"],
+    ).to_yaml()
+    unet, ae, sched = pipe.unet.config, pipe.autoencoder.config, pipe.scheduler.config
+    latent = f"{ae.latent_channels}x{pipe.autoencoder.latent_size}x{pipe.autoencoder.latent_size}"
+    n_unet = sum(p.numel() for p in pipe.unet.parameters()) / 1e6
+    n_ae = sum(p.numel() for p in pipe.autoencoder.parameters()) / 1e6
+    repo = repo_id or "path/to/this/folder"
+    conditional = unet.num_class_embeds is not None
+    lines = [
+        f"---\n{front}\n---", "",
+        "# Latent diffusion for MNIST digits", "",
+        f"A latent diffusion model trained on [{dataset}](https://huggingface.co/datasets/{dataset}) that generates"
+        f" 28x28 grayscale digits. A convolutional autoencoder with channel attention (`CABAutoencoder`, {n_ae:.2f}M"
+        f" parameters) compresses the digits, padded to 32x32, into {latent} latents (scaled by"
+        f" `scaling_factor={ae.scaling_factor:.4g}`); a diffusers `UNet2DModel` ({n_unet:.2f}M parameters) denoises"
+        f" them with a {sched.num_train_timesteps}-step {sched.beta_schedule} noise schedule and"
+        f" `prediction_type=\"{sched.prediction_type}\"`."
+        + (f" The UNet is class-conditional ({unet.num_class_embeds - 1} classes plus a null label for"
+           " classifier-free guidance)." if conditional else ""), "",
+        "## Usage", "",
+        "```python", "import torch", "from diffusers import DiffusionPipeline", "",
+        f'pipe = DiffusionPipeline.from_pretrained("{repo}", trust_remote_code=True)',
+        "images = pipe(batch_size=16, num_inference_steps=50, generator=torch.Generator().manual_seed(0)).images",
+        'images[0].save("digit.png")',
+    ]
+    if conditional:
+        lines += ["", "# class-conditional, with classifier-free guidance",
+                  "images = pipe(batch_size=10, class_labels=list(range(10)), guidance_scale=2.0).images"]
+    lines += [
+        "```", "",
+        "Few-step sampling with DPM-Solver++ (`trailing` spacing starts the schedule at the last training step):", "",
+        "```python", "from diffusers import DPMSolverMultistepScheduler", "",
+        "pipe.scheduler = DPMSolverMultistepScheduler.from_config(",
+        '    pipe.scheduler.config, algorithm_type="dpmsolver++", timestep_spacing="trailing"',
+        ")", "images = pipe(batch_size=16, num_inference_steps=10).images", "```", "",
+        "`output_type=\"np\"` gives a float array (N, 28, 28, 1) in [0, 1]. Passing `image=` (digits in [0, 1]) and"
+        " `strength=` edits existing digits SDEdit-style; `strength=0` returns the autoencoder reconstruction.", "",
+    ]
+    if metrics:
+        lines += ["## Evaluation", "", "| metric | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+        lines += [""]
+    if has_grid:
+        lines += ["## Samples", "", f"![samples]({SAMPLE_GRID})", ""]
+    lines += [
+        "## Security note", "",
+        "Loading with `trust_remote_code=True` imports and runs the Python files shipped in this repository: "
+        + " and ".join(f"`{p}`" for p in SHIPPED_CODE) + ". Read them before loading, and pin a `revision=`"
+        " (commit hash) so later changes to the repository cannot change the code you run.", "",
+    ]
+    return "\n".join(lines)
+
+
+def _list_files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def _check_no_token(folder: Path, files, token: str | None = None):
+    """Refuse to ship a folder that contains a Hub token (never echo the token itself)."""
+    secrets = [t for t in (token, os.environ.get("HF_TOKEN")) if t]
+    for rel in files:
+        text = (folder / rel).read_bytes().decode("utf-8", errors="ignore")
+        if _TOKEN_RE.search(text) or any(s in text for s in secrets):
+            raise ValueError(f"{folder / rel} contains what looks like a Hugging Face token; remove it before uploading")
+
+
+def upload_plan(output_dir, hub_model_id: str) -> UploadPlan:
+    """What `push_folder` would upload: the repo id, the files, and the patterns handed to `upload_folder`."""
+    validate_repo_id(hub_model_id)
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder; write it with save_pipeline_folder first")
+    missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
+    if missing:
+        raise ValueError(f"{folder} is not a complete pipeline folder (missing {', '.join(missing)}); "
+                         "write it with save_pipeline_folder")
+    # The same filter upload_folder applies, so the plan is what actually goes up.
+    files = list(filter_repo_objects(_list_files(folder), allow_patterns=ALLOW_PATTERNS, ignore_patterns=IGNORE_PATTERNS))
+    return UploadPlan(hub_model_id, files, list(ALLOW_PATTERNS), list(IGNORE_PATTERNS))
+
+
+def push_folder(output_dir, hub_model_id: str, token: str | None = None, private: bool = False):
+    """Create the model repo if needed (`private` only applies on creation) and upload the planned files.
+
+    The token is used in memory only (None: huggingface_hub's own login). Errors from the Hub, including offline
+    mode, propagate unchanged. Returns huggingface_hub's CommitInfo.
+    """
+    plan = upload_plan(output_dir, hub_model_id)
+    _check_no_token(Path(output_dir), [f for f in plan.files if not f.endswith(".safetensors")], token)
+    api = HfApi(token=token)
+    repo = api.create_repo(plan.repo_id, repo_type="model", exist_ok=True, private=private)
+    commit = api.upload_folder(
+        repo_id=repo.repo_id, repo_type="model", folder_path=str(output_dir),
+        allow_patterns=plan.allow_patterns, ignore_patterns=plan.ignore_patterns,
+        commit_message="Upload latent-diffusion MNIST pipeline",
+    )
+    logger.info("uploaded %d files to %s", len(plan.files), commit.commit_url)
+    return commit

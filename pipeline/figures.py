@@ -1,0 +1,51 @@
+"""The pictures a finished latent-diffusion run leaves in its folder.
+
+samples.png (a grid of generated digits), denoising.png (rows going from pure noise on
+the left to clean digits on the right) and grid_diffusion.gif (a grid being denoised,
+frame by frame), plus the evaluation scores when `eval_num_samples` > 0.
+"""
+
+from pathlib import Path
+
+import torch
+
+from . import visualisation
+from .schedulers import make_scheduler
+
+
+def with_scheduler(pipe, name):
+    """A copy of `pipe` sampling with another scheduler; `pipe` itself is untouched."""
+    other = type(pipe)(**pipe.components)
+    other.scheduler = make_scheduler(name, pipe.scheduler.config)
+    other.set_progress_bar_config(disable=True)
+    return other
+
+
+@torch.no_grad()
+def pipeline_figures(pipe, cfg, out) -> dict:
+    out = Path(out)
+    device = pipe.unet.device
+    gen = torch.Generator(device).manual_seed(cfg.seed)
+
+    # A 10x10 grid with the fast solver users will sample with.
+    fast = with_scheduler(pipe, "dpm")
+    kwargs = {"class_labels": list(range(10)) * 10, "guidance_scale": 3.0} if cfg.conditioning == "class" else {}
+    grid = fast(batch_size=100, generator=gen, num_inference_steps=cfg.num_inference_steps, output_type="np",
+                **kwargs).images
+    visualisation.save_grid(grid, out / "samples.png", nrow=10)
+
+    # x_T -> x_0 with DDIM-50: enough frames for a smooth strip and GIF, cheap on a CPU.
+    ddim = with_scheduler(pipe, "ddim")
+    kwargs = {"class_labels": list(range(8)) * 8, "guidance_scale": 3.0} if cfg.conditioning == "class" else {}
+    res = ddim(batch_size=64, generator=torch.Generator(device).manual_seed(cfg.seed + 1), num_inference_steps=50,
+               output_type="np", return_intermediates=True, **kwargs)
+    visualisation.denoising_strip(res.intermediates, out / "denoising.png", num_columns=11, num_rows=8)
+    visualisation.grid_gif(res.intermediates, out / "grid_diffusion.gif", nrow=8)
+
+    if getattr(cfg, "eval_num_samples", 0) > 0:
+        from .evaluate import evaluate_pipeline
+
+        return evaluate_pipeline(pipe, num_samples=cfg.eval_num_samples, num_inference_steps=cfg.num_inference_steps,
+                                 scheduler="dpm", seed=cfg.seed, output_dir=out / "evaluation",
+                                 dataset=cfg.dataset, data_dir=cfg.data_dir)
+    return {}

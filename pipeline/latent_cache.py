@@ -1,0 +1,75 @@
+"""The frozen autoencoder and the training latents it produces.
+
+The diffusion loop never touches images: the training split is encoded once, scaled by
+the autoencoder's `scaling_factor`, and kept on the accelerator. The encoding is also
+cached on disk under a key made from the autoencoder's weights and config, so a resumed
+or repeated run skips it, and a different autoencoder can never reuse stale latents.
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .autoencoder import CABAutoencoder
+from .data import to_model_input
+from .errors import UserError
+from .paths import cache_dir
+
+
+def load_autoencoder(path_or_id) -> CABAutoencoder:
+    """A trained CABAutoencoder from a run folder or a Hub id, with a clear error otherwise."""
+    local = Path(path_or_id)
+    if local.exists():
+        config = local / "config.json"
+        if not config.is_file():
+            raise UserError(f"--autoencoder {path_or_id} has no config.json; pass the output_dir of train_autoencoder.py")
+        try:
+            name = json.loads(config.read_text()).get("_class_name")
+        except ValueError:
+            raise UserError(f"{config} is not valid JSON; re-run train_autoencoder.py or restore the file")
+        if name != "CABAutoencoder":
+            raise UserError(f"--autoencoder {path_or_id} holds a {name}, not a CABAutoencoder; "
+                            "pass the output_dir of train_autoencoder.py")
+        if not (local / "diffusion_pytorch_model.safetensors").is_file():
+            raise UserError(f"--autoencoder {path_or_id} lacks diffusion_pytorch_model.safetensors; "
+                            "the autoencoder run did not finish: re-run or resume it")
+    try:
+        return CABAutoencoder.from_pretrained(str(path_or_id))
+    except Exception as e:
+        raise UserError(f"cannot load the autoencoder {path_or_id}: {str(e).splitlines()[0]}")
+
+
+def autoencoder_fingerprint(autoencoder) -> str:
+    h = hashlib.sha256(json.dumps(dict(autoencoder.config), sort_keys=True, default=str).encode())
+    for name, t in sorted(autoencoder.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def encode_images(autoencoder, images_uint8, device, batch_size=500) -> torch.Tensor:
+    """Scaled latents (N, C, h, w) for uint8 digits, encoded in eval mode."""
+    autoencoder.eval().to(device)
+    out = []
+    for i in range(0, len(images_uint8), batch_size):
+        z = autoencoder.encode(to_model_input(images_uint8[i:i + batch_size]).to(device))
+        out.append(z.float() * autoencoder.config.scaling_factor)
+    return torch.cat(out)
+
+
+def cached_latents(accelerator, autoencoder, images_uint8, dataset_key) -> torch.Tensor:
+    """Training latents on the accelerator; the main process encodes once and caches."""
+    key = f"{dataset_key.replace('/', '__')}-{autoencoder_fingerprint(autoencoder)}-{len(images_uint8)}"
+    path = cache_dir("latents") / f"{key}.safetensors"
+    if accelerator.is_main_process and not path.exists():
+        latents = encode_images(autoencoder, images_uint8, accelerator.device)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file({"latents": latents.cpu().contiguous()}, str(tmp))
+        os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache
+    accelerator.wait_for_everyone()
+    return load_file(str(path))["latents"].to(accelerator.device)

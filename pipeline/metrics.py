@@ -1,0 +1,178 @@
+"""How good are generated digits? Numbers that each come with what "perfect" looks like.
+
+Pure functions over numpy/torch arrays:
+  * `psnr_ssim`: reconstruction quality of an autoencoder (28x28 floats in [0, 1]);
+  * `frechet_distance`, `precision_recall`: distribution distances in the judge
+    classifier's 128-d feature space (FID computed with our MNIST classifier, not Inception);
+  * `class_histogram`, `kl_to_uniform`: does the model cover all ten digits evenly?
+  * `score_digits`: all of the above for a set of uint8 digits, next to the real-data floor.
+
+The floor (`get_reference`) is what real digits score: the first 10,000 training digits
+against the test split. A model cannot be expected to beat it; 10,000 samples make a
+number directly comparable to it (FID is biased upward with fewer samples).
+"""
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.linalg
+import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+REFERENCE_FILE = "reference.npz"
+FLOOR_SIZE = 10_000
+
+
+# -----------------------------------------------------------------------------
+# reconstruction quality
+
+def psnr_ssim(originals, reconstructions) -> dict:
+    """Mean (and per-image) PSNR/SSIM of (N,28,28) images in [0,1] (uint8 is rescaled)."""
+    a, b = _as_unit_float(originals), _as_unit_float(reconstructions)
+    if a.shape != b.shape:
+        raise ValueError(f"originals {a.shape} and reconstructions {b.shape} differ in shape")
+    with np.errstate(divide="ignore"):  # identical images: PSNR is +inf, which is the truth
+        psnr = np.array([peak_signal_noise_ratio(x, y, data_range=1.0) for x, y in zip(a, b)])
+    ssim = np.array([structural_similarity(x, y, data_range=1.0) for x, y in zip(a, b)])
+    return dict(psnr=float(psnr.mean()), ssim=float(ssim.mean()), num_images=len(a),
+                per_image_psnr=psnr, per_image_ssim=ssim)
+
+
+def _as_unit_float(images) -> np.ndarray:
+    x = np.asarray(images)
+    x = x.astype(np.float64) / 255.0 if x.dtype == np.uint8 else x.astype(np.float64)
+    return x.reshape(len(x), *x.shape[-2:])  # (N,1,H,W) / (N,H,W,1) / (N,H,W) -> (N,H,W)
+
+
+# -----------------------------------------------------------------------------
+# distribution distances in feature space
+
+def frechet_distance(feats_a, feats_b, eps=1e-6) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 sqrt(S_a S_b)) between two Gaussians fitted to features."""
+    a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    with warnings.catch_warnings():  # singular covariances are common (dead ReLU units); handled below
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(cov_a @ cov_b)
+    if not np.isfinite(covmean).all():  # singular product: nudge both covariances
+        offset = np.eye(len(cov_a)) * eps
+        covmean = scipy.linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    covmean = covmean.real  # round-off leaves tiny imaginary parts
+    fid = ((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean)
+    return float(max(fid, 0.0))
+
+
+def _kth_neighbour_radii(x: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
+    """Distance from each row of x to its k-th nearest other row."""
+    radii = []
+    for i in range(0, len(x), chunk):
+        d = torch.cdist(x[i:i + chunk], x)
+        radii.append(d.topk(k + 1, dim=1, largest=False).values[:, k])  # column 0 is the point itself
+    return torch.cat(radii)
+
+
+def _inside_any_ball(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk: int) -> torch.Tensor:
+    inside = [(torch.cdist(points[i:i + chunk], centres) <= radii[None]).any(1) for i in range(0, len(points), chunk)]
+    return torch.cat(inside)
+
+
+@torch.no_grad()
+def precision_recall(real_feats, fake_feats, k=3, chunk=1000) -> dict:
+    """Improved precision/recall (Kynkaanniemi et al. 2019) with k-NN balls in feature space.
+
+    precision: fraction of fakes inside some real ball (are samples realistic?);
+    recall: fraction of reals inside some fake ball (is the variety covered?).
+    Chunked so that 10k x 10k needs only chunk x 10k distances at a time.
+    """
+    real = torch.as_tensor(np.asarray(real_feats), dtype=torch.float32)
+    fake = torch.as_tensor(np.asarray(fake_feats), dtype=torch.float32)
+    if min(len(real), len(fake)) <= k:
+        raise ValueError(f"precision/recall with k={k} needs more than {k} points in each set")
+    real_r, fake_r = _kth_neighbour_radii(real, k, chunk), _kth_neighbour_radii(fake, k, chunk)
+    precision = _inside_any_ball(fake, real, real_r, chunk).float().mean().item()
+    recall = _inside_any_ball(real, fake, fake_r, chunk).float().mean().item()
+    return dict(precision=precision, recall=recall)
+
+
+# -----------------------------------------------------------------------------
+# class balance
+
+def class_histogram(pred_labels, num_classes=10) -> np.ndarray:
+    """Counts of each predicted class, int64 (num_classes,)."""
+    return np.bincount(np.asarray(pred_labels, dtype=np.int64), minlength=num_classes)[:num_classes]
+
+
+def kl_to_uniform(hist) -> float:
+    """KL(p || uniform) in nats of a histogram (counts or fractions): 0 = perfectly even, log K = one class."""
+    p = np.asarray(hist, np.float64)
+    p = p / p.sum()
+    nz = p > 0  # 0 log 0 = 0
+    return float((p[nz] * np.log(p[nz] * len(p))).sum())
+
+
+# -----------------------------------------------------------------------------
+# scoring generated digits against the real-data floor
+
+@dataclass
+class Reference:
+    """Test-split features of the judge and the scores of real digits (the floor)."""
+    test_features: np.ndarray
+    floor: dict = field(default_factory=dict)  # fid, precision, recall, kl_to_uniform, mean_confidence
+
+
+def _summary(feats, logits, reference_feats) -> dict:
+    probs = torch.softmax(torch.as_tensor(logits), dim=1)
+    hist = class_histogram(probs.argmax(1).numpy(), num_classes=probs.shape[1])
+    out = dict(fid=frechet_distance(feats, reference_feats))
+    out.update(precision_recall(reference_feats, feats))
+    out.update(class_histogram=[int(c) for c in hist], kl_to_uniform=kl_to_uniform(hist),
+               mean_confidence=float(probs.max(1).values.mean()))
+    return out
+
+
+def score_digits(images_uint8, classifier, reference: Reference) -> dict:
+    """FID, precision, recall, class histogram, KL to uniform, mean confidence, each with its `*_floor`."""
+    from pipeline.classifier import predict
+    feats, logits = predict(classifier, images_uint8)
+    scores = _summary(feats, logits, reference.test_features)
+    scores["num_samples"] = len(feats)
+    for name, value in reference.floor.items():
+        scores[f"{name}_floor"] = value
+    return scores
+
+
+def _fingerprint(model) -> str:
+    h = hashlib.sha1()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def get_reference(dataset="ylecun/mnist", data_dir=None, classifier=None) -> Reference:
+    """Test features + floor for `dataset`, cached beside the classifier (and tied to its weights)."""
+    from pipeline.classifier import classifier_dir, get_classifier, predict
+    from pipeline.data import load_digits
+    if classifier is None:
+        classifier = get_classifier(dataset, data_dir)
+    path = classifier_dir(dataset) / REFERENCE_FILE
+    fingerprint = _fingerprint(classifier)
+    if path.is_file():
+        with np.load(path) as z:
+            if str(z["fingerprint"]) == fingerprint:
+                return Reference(z["test_features"], json.loads(str(z["floor"])))
+
+    test_x, _ = load_digits("test", dataset=dataset, data_dir=data_dir)
+    train_x, _ = load_digits("train", dataset=dataset, data_dir=data_dir)
+    test_feats, _ = predict(classifier, test_x)
+    floor = _summary(*predict(classifier, train_x[:FLOOR_SIZE]), test_feats)
+    floor.pop("class_histogram")
+    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npz")
+    np.savez(tmp, test_features=test_feats, floor=json.dumps(floor), fingerprint=fingerprint)
+    tmp.replace(path)  # atomic: concurrent readers see the old file or the new one
+    return Reference(test_feats, floor)

@@ -1,0 +1,57 @@
+"""Sampling schedulers by name, built from the training scheduler's config.
+
+Every sampler is `Cls.from_config(training_config, ...)`, so `num_train_timesteps`, the beta schedule and
+`prediction_type` always match training. Two overrides matter for few-step latent sampling (see
+notes/diffusers-facts.md): `timestep_spacing="trailing"` (the saved DDPM config brings "leading", so 10 steps
+would start at t=900, not 999) and `clip_sample=False` (DDPM/DDIM default to clipping to [-1, 1], which ruins
+latents).
+"""
+
+import inspect
+
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
+
+SCHEDULERS = {
+    "ddpm": DDPMScheduler,
+    "ddim": DDIMScheduler,
+    "dpm": DPMSolverMultistepScheduler,  # used as DPM-Solver++ (algorithm_type="dpmsolver++")
+    "unipc": UniPCMultistepScheduler,
+    "euler": EulerDiscreteScheduler,
+}
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def make_scheduler(name: str, config):
+    """A sampling scheduler of kind `name` (a key of SCHEDULERS) from a scheduler config (or scheduler)."""
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; valid names: {', '.join(SCHEDULERS)}")
+    cls = SCHEDULERS[name]
+    overrides = {"timestep_spacing": "trailing", "clip_sample": False}
+    if name == "dpm":
+        overrides["algorithm_type"] = "dpmsolver++"
+    # from_config silently drops kwargs a class does not take (Euler has no clip_sample); pass only real ones.
+    accepted = inspect.signature(cls.__init__).parameters
+    overrides = {k: v for k, v in overrides.items() if k in accepted}
+    return cls.from_config(getattr(config, "config", config), **overrides)
+
+
+def make_train_scheduler(num_train_timesteps: int = 1000, beta_schedule: str = "linear", prediction_type: str = "epsilon"):
+    """The DDPM noise schedule used for training (and saved with the pipeline); latents are never clipped."""
+    if beta_schedule not in BETA_SCHEDULES:
+        raise ValueError(f"unknown beta_schedule {beta_schedule!r}; valid: {', '.join(BETA_SCHEDULES)}")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction_type {prediction_type!r}; valid: {', '.join(PREDICTION_TYPES)}")
+    return DDPMScheduler(
+        num_train_timesteps=num_train_timesteps,
+        beta_schedule=beta_schedule,
+        prediction_type=prediction_type,
+        clip_sample=False,
+    )

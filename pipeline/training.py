@@ -1,0 +1,271 @@
+"""Pieces both training scripts share: the Accelerator, data order, checkpoints, signals.
+
+Functions, not a Trainer: each script keeps its own loop and reads top to bottom.
+
+Determinism: the data order of step N is a pure function of (seed, N) and the noise of
+step N comes from a generator seeded with (seed, N, rank), so a run resumed from a
+checkpoint follows exactly the path of an uninterrupted one without restoring any RNG.
+"""
+
+import json
+import logging
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+
+from .config import to_dict
+from .errors import UserError
+
+logger = logging.getLogger(__name__)
+STATE_FILE = "training_state.json"  # written last into a checkpoint; marks it complete
+
+
+def make_accelerator(cfg) -> Accelerator:
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    cuda = torch.cuda.is_available()
+    if cfg.mixed_precision == "fp16" and not cuda:
+        raise UserError("mixed_precision fp16 needs a CUDA GPU; use --mixed_precision bf16 or no on CPU")
+    if cfg.mixed_precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise UserError("this GPU has no bf16; use --mixed_precision fp16 or no")
+    project = ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=os.path.join(cfg.output_dir, cfg.logging_dir))
+    return Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        log_with=None if cfg.report_to == "none" else cfg.report_to,
+        project_config=project,
+        # Without cpu=True a CUDA-less Accelerator ignores torchrun's environment and
+        # every process trains alone; with it, processes join one gloo group.
+        cpu=not cuda,
+    )
+
+
+def init_trackers(accelerator, cfg, name):
+    # TensorBoard hparams take scalars only: flatten groups and stringify lists.
+    flat = {}
+    for k, v in to_dict(cfg).items():
+        for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)]):
+            key = f"{k}.{kk}" if kk else k
+            if key != "hub_token":
+                flat[key] = vv if isinstance(vv, (int, float, str, bool)) else str(vv)
+    accelerator.init_trackers(name, config=flat)
+
+
+def tensorboard_writer(accelerator):
+    """The SummaryWriter for pictures, or None when tracking is off or not main."""
+    if not accelerator.is_main_process:
+        return None
+    try:
+        return accelerator.get_tracker("tensorboard", unwrap=True)
+    except (ValueError, KeyError):
+        return None
+
+
+class BatchOrder:
+    """Which training items each process uses at each micro-step: a fresh permutation
+    per epoch from (seed, epoch), sliced into global batches, each split across ranks."""
+
+    def __init__(self, num_items, batch_size, seed, rank=0, world=1):
+        self.n, self.b, self.seed, self.rank, self.world = num_items, batch_size, seed, rank, world
+        self.per_epoch = num_items // (batch_size * world)
+        if self.per_epoch < 1:
+            raise UserError(f"train_batch_size {batch_size} x {world} processes exceeds the {num_items} "
+                            "training items; lower --train_batch_size")
+        self._epoch, self._perm = None, None
+
+    def __call__(self, micro_step) -> torch.Tensor:
+        epoch, k = divmod(micro_step, self.per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
+        start = (k * self.world + self.rank) * self.b
+        return self._perm[start:start + self.b]
+
+
+def step_generator(seed, step, rank, device) -> torch.Generator:
+    """The noise source of one step on one process, independent of anything before it."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 1009 + rank)
+
+
+def num_schedule_steps(cfg, accelerator):
+    # Accelerate steps a prepared LR scheduler once per process per optimizer step.
+    return cfg.lr_warmup_steps * accelerator.num_processes, cfg.max_train_steps * accelerator.num_processes
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoints: written under a temporary name and renamed when complete.
+
+
+def _checkpoints(output_dir):
+    found = []
+    for p in Path(output_dir).glob("checkpoint-*"):
+        try:
+            found.append((int(p.name.split("-")[1]), p))
+        except ValueError:
+            pass
+    return [p for _, p in sorted(found)]
+
+
+def checkpoint_is_complete(path) -> bool:
+    try:
+        state = json.loads((Path(path) / STATE_FILE).read_text())
+        return isinstance(state.get("global_step"), int) and any(Path(path).glob("model*.safetensors"))
+    except (OSError, ValueError):
+        return False
+
+
+def save_checkpoint(accelerator, output_dir, step, total_limit, extra_state=None):
+    """Every process calls this (DeepSpeed/FSDP shard the state); the main process
+    renames the finished folder into place and prunes old ones."""
+    final = Path(output_dir) / f"checkpoint-{step}"
+    tmp = Path(output_dir) / f".tmp-checkpoint-{step}"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        state = {"global_step": step, **(extra_state or {})}
+        with open(tmp / STATE_FILE, "w") as f:
+            json.dump(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _prune(output_dir, total_limit)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _prune(output_dir, total_limit):
+    if total_limit is None:
+        return
+    good = [p for p in _checkpoints(output_dir) if checkpoint_is_complete(p)]
+    # The newest complete checkpoint is always kept, whatever the limit.
+    for p in good[:-max(total_limit, 1)]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def resume(accelerator, cfg) -> int:
+    """Load the checkpoint named by resume_from_checkpoint; return the step to start at.
+
+    `latest` picks the newest complete checkpoint, skipping damaged ones with a warning;
+    no checkpoint at all starts from step 0 (so the same command works first time)."""
+    spec = cfg.resume_from_checkpoint
+    if not spec:
+        return 0
+    if spec == "latest":
+        candidates = list(reversed(_checkpoints(cfg.output_dir)))
+        if not candidates:
+            accelerator.print(f"no checkpoint in {cfg.output_dir}; starting from step 0")
+            return 0
+    else:
+        candidates = [Path(spec)]
+        if not candidates[0].is_dir():
+            raise UserError(f"checkpoint {spec} does not exist; pass a checkpoint-N folder or 'latest'")
+    for path in candidates:
+        if not checkpoint_is_complete(path):
+            if spec != "latest":
+                raise UserError(f"checkpoint {path} is incomplete or damaged ({STATE_FILE} or model weights missing)")
+            logger.warning(f"skipping damaged checkpoint {path}")
+            accelerator.print(f"warning: skipping damaged checkpoint {path}")
+            continue
+        try:
+            accelerator.load_state(str(path))
+        except Exception as e:  # a truncated file inside an otherwise complete folder
+            if spec != "latest":
+                raise UserError(f"checkpoint {path} cannot be loaded: {str(e).splitlines()[0]}")
+            accelerator.print(f"warning: skipping unreadable checkpoint {path}: {str(e).splitlines()[0]}")
+            continue
+        step = json.loads((path / STATE_FILE).read_text())["global_step"]
+        accelerator.print(f"resumed from {path} at step {step}")
+        return step
+    accelerator.print("warning: no loadable checkpoint found; starting from step 0")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# Stopping cleanly
+
+
+class StopRequest:
+    """SIGTERM/SIGINT set a flag; the loop checks it between steps, saves and exits."""
+
+    def __init__(self):
+        self.signum = None
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def requested(self, accelerator) -> bool:
+        flag = torch.tensor([1.0 if self.signum else 0.0], device=accelerator.device)
+        if accelerator.num_processes > 1:  # one rank signalled means every rank stops
+            flag = accelerator.reduce(flag, reduction="sum")
+        return bool(flag.item() > 0)
+
+
+def exit_after_signal(accelerator, checkpoint, signum):
+    name = signal.Signals(signum).name if signum else "signal"
+    accelerator.print(f"stopped by {name}: checkpoint saved to {checkpoint}; "
+                      "run the same command with --resume_from_checkpoint latest to continue")
+    accelerator.end_training()
+    raise SystemExit(128 + (signum or 15))
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+def check_finite(accelerator, first_bad_step):
+    """Raise if any loss so far was NaN/inf; `first_bad_step` is tracked on the device
+    so the hot loop never syncs, and this one sync happens at log/save time only."""
+    bad = first_bad_step.reshape(1).float()
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, reduction="max")
+    if bad.item() >= 0:
+        raise NonFiniteLoss(f"loss became non-finite at step {int(bad.item())}; the last good checkpoint is kept "
+                            "and the model was not saved: lower --learning_rate or use --mixed_precision no, then "
+                            "resume with --resume_from_checkpoint latest")
+
+
+def track_non_finite(first_bad_step, loss, step):
+    """Remember the first step whose loss was not finite, without leaving the device."""
+    hit = (first_bad_step < 0) & ~torch.isfinite(loss)
+    return torch.where(hit, torch.full_like(first_bad_step, step), first_bad_step)
+
+
+class LossLog:
+    """loss.csv in the run folder (main process), kept consistent across resumes."""
+
+    def __init__(self, path, start_step, enabled):
+        self.path, self.enabled = Path(path), enabled
+        if not enabled:
+            return
+        rows = []
+        if start_step > 0 and self.path.exists():  # drop rows past the checkpoint we resumed from
+            rows = [r for r in self.path.read_text().splitlines()[1:] if int(r.split(",")[0]) <= start_step]
+        self.path.write_text("\n".join(["step,loss", *rows]) + "\n")
+
+    def add(self, step, loss):
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(f"{step},{loss:.6g}\n")
+
+    def read(self):
+        rows = [r.split(",") for r in self.path.read_text().splitlines()[1:] if r]
+        return [int(r[0]) for r in rows], [float(r[1]) for r in rows]
+
+    def plot(self, path, title):
+        from .visualisation import loss_curve
+
+        steps, losses = self.read()
+        if steps:
+            loss_curve(steps, losses, path, title)

@@ -1,0 +1,45 @@
+"""train_autoencoder.py end to end, as a user runs it, on a small subset."""
+
+import json
+
+import yaml
+
+from conftest import run_script
+
+
+def test_autoencoder_run_leaves_a_complete_folder(tiny_autoencoder_run):
+    out = tiny_autoencoder_run
+    for name in ["config.json", "diffusion_pytorch_model.safetensors", "metrics.json", "reconstruction.png",
+                 "tsne_batch.png", "tsne_test.png", "loss.png", "training_config.yaml"]:
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_images"] == 300 and 10 < metrics["psnr"] < 60 and 0 < metrics["ssim"] <= 1
+    config = json.loads((out / "config.json").read_text())
+    assert config["_class_name"] == "CABAutoencoder" and config["scaling_factor"] != 1.0
+    assert yaml.safe_load((out / "training_config.yaml").read_text())["max_train_steps"] == 40
+    steps, losses = zip(*[map(float, r.split(",")) for r in (out / "loss.csv").read_text().split()[1:]])
+    assert steps[-1] == 40 and losses[-1] < 0.5 * losses[0], "the reconstruction loss must go down"
+    assert list((out / "logs").rglob("events.out.tfevents*")), "TensorBoard logs missing"
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-20", "checkpoint-40"]
+
+
+def test_scaled_latents_have_unit_variance(mnist_dir, tiny_autoencoder_run):
+    import torch
+
+    from pipeline.data import load_digits
+    from pipeline.latent_cache import encode_images, load_autoencoder
+
+    images, _ = load_digits("train", data_dir=mnist_dir)
+    z = encode_images(load_autoencoder(tiny_autoencoder_run), images[:2000], "cpu")
+    assert abs(z.std().item() - 1.0) < 0.1
+    assert torch.isfinite(z).all()
+
+
+def test_bad_input_is_one_line_error(tmp_path):
+    res = run_script("train_autoencoder.py", ["--data_dir", str(tmp_path / "missing"), "--output_dir",
+                                              str(tmp_path / "o")], check=False)
+    assert res.returncode == 2
+    assert res.stderr.strip().startswith("error:") and "--data_dir" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = run_script("train_autoencoder.py", ["--learning_rat", "1"], check=False)
+    assert res.returncode == 2 and "did you mean 'learning_rate'" in res.stderr and "Traceback" not in res.stderr

@@ -1,0 +1,176 @@
+"""train_latent_ddpm.py end to end, resume after kill -9 / SIGTERM, and its input checks."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import REPO, run_script
+
+TINY_UNET = ["--unet.block_out_channels", "[32, 64]", "--unet.down_block_types", "[DownBlock2D, DownBlock2D]",
+             "--unet.up_block_types", "[UpBlock2D, UpBlock2D]", "--unet.layers_per_block", "1",
+             "--unet.norm_num_groups", "8"]
+
+
+def ddpm_args(mnist_dir, ae, out, steps=20, extra=()):
+    return ["--config", str(REPO / "configs/latent_ddpm_quick.yaml"), "--autoencoder", str(ae),
+            "--output_dir", str(out), "--data_dir", str(mnist_dir), "--max_train_samples", "1024",
+            "--max_train_steps", str(steps), "--train_batch_size", "32", "--logging_steps", "5",
+            "--checkpointing_steps", "10", "--save_images_steps", "10", "--eval_num_samples", "0",
+            "--num_inference_steps", "2", *TINY_UNET, *extra]
+
+
+def unet_weights(folder):
+    return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] == b[k]).all(), f"{k} differs"
+
+
+@pytest.fixture(scope="module")
+def ddpm_run(mnist_dir, tiny_autoencoder_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "ddpm"
+    run_script("train_latent_ddpm.py", ddpm_args(mnist_dir, tiny_autoencoder_run, out))
+    return out
+
+
+def test_run_leaves_a_pipeline_folder_and_pictures(ddpm_run):
+    for name in ["model_index.json", "unet/config.json", "autoencoder/config.json", "scheduler/scheduler_config.json",
+                 "README.md", "samples.png", "denoising.png", "grid_diffusion.gif", "loss.png", "training_config.yaml"]:
+        assert (ddpm_run / name).is_file(), name
+    scheduler = json.loads((ddpm_run / "scheduler/scheduler_config.json").read_text())
+    assert scheduler["clip_sample"] is False and scheduler["beta_schedule"] == "squaredcos_cap_v2"
+    ckpt = ddpm_run / "checkpoint-20"
+    assert (ckpt / "unet_ema" / "diffusion_pytorch_model.safetensors").is_file()
+    assert list((ddpm_run / "logs").rglob("events.out.tfevents*"))
+
+
+def test_saved_pipeline_samples_digits(ddpm_run):
+    import torch
+
+    from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
+
+    pipe = LatentDDPMPipeline.from_pretrained(ddpm_run)
+    images = pipe(batch_size=3, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                  output_type="np").images
+    assert images.shape == (3, 28, 28, 1) and images.min() >= 0 and images.max() <= 1
+
+
+def test_latent_cache_is_keyed_to_the_autoencoder_weights(mnist_dir, tiny_autoencoder_run):
+    import torch
+    from accelerate import Accelerator
+
+    from pipeline.data import load_digits
+    from pipeline.latent_cache import cached_latents, encode_images, load_autoencoder
+    from pipeline.paths import cache_dir
+
+    images, _ = load_digits("train", data_dir=mnist_dir)
+    images = images[:256]
+    acc = Accelerator(cpu=True)
+    ae = load_autoencoder(tiny_autoencoder_run)
+    first = cached_latents(acc, ae, images, "mnist-test")
+    assert torch.allclose(first, encode_images(ae, images, "cpu"))
+    before = set(cache_dir("latents").iterdir())
+    with torch.no_grad():
+        next(ae.parameters()).add_(0.01)  # a different autoencoder
+    second = cached_latents(acc, ae, images, "mnist-test")
+    assert len(set(cache_dir("latents").iterdir()) - before) == 1, "a new autoencoder must get a new cache entry"
+    assert not torch.allclose(first, second)
+
+
+def test_kill_9_then_resume_ends_with_identical_weights(mnist_dir, tiny_autoencoder_run, ddpm_run, tmp_path):
+    out = tmp_path / "killed"
+    args = ddpm_args(mnist_dir, tiny_autoencoder_run, out, extra=["--checkpointing_steps", "5"])
+    proc = subprocess.Popen([sys.executable, str(REPO / "train_latent_ddpm.py"), *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (out / "checkpoint-10").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "unet").exists()
+    # The same command with --resume_from_checkpoint latest finishes the job...
+    run_script("train_latent_ddpm.py", args + ["--resume_from_checkpoint", "latest"])
+    # ...and ends exactly where the uninterrupted run ended (CPU ops are deterministic,
+    # data order and noise are functions of (seed, step)): bitwise equal.
+    assert_same_weights(unet_weights(out), unet_weights(ddpm_run))
+
+
+def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(mnist_dir, tiny_autoencoder_run, ddpm_run, tmp_path):
+    out = tmp_path / "term"
+    args = ddpm_args(mnist_dir, tiny_autoencoder_run, out, extra=["--checkpointing_steps", "100"])
+    proc = subprocess.Popen([sys.executable, str(REPO / "train_latent_ddpm.py"), *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while not (out / "loss.csv").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    while len((out / "loss.csv").read_text().split()) < 2 and time.time() < deadline:  # first logged step
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, output[-2000:]
+    assert "--resume_from_checkpoint latest" in output and "Traceback" not in output
+    ckpts = list(out.glob("checkpoint-*"))
+    assert len(ckpts) == 1 and not (out / "unet").exists()
+    run_script("train_latent_ddpm.py", args + ["--resume_from_checkpoint", "latest"])
+    assert_same_weights(unet_weights(out), unet_weights(ddpm_run))
+
+
+def test_damaged_latest_checkpoint_is_skipped(mnist_dir, tiny_autoencoder_run, ddpm_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "damaged"
+    args = ddpm_args(mnist_dir, tiny_autoencoder_run, out, extra=["--checkpointing_steps", "5",
+                                                                  "--checkpoints_total_limit", "4"])
+    run_script("train_latent_ddpm.py", args)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == [f"checkpoint-{n}" for n in (10, 15, 20, 5)]
+    # As if killed late: the newest checkpoint's weights cut short, a half-written
+    # temporary one beside it, and no final model yet.
+    shutil.rmtree(out / "checkpoint-20")
+    shutil.rmtree(out / "unet")
+    weights = out / "checkpoint-15" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    (out / ".tmp-checkpoint-20").mkdir()
+    res = run_script("train_latent_ddpm.py", args + ["--resume_from_checkpoint", "latest"])
+    log = res.stdout + res.stderr
+    assert "skipping unreadable checkpoint" in log and "checkpoint-15" in log and "resumed from" in log
+    assert_same_weights(unet_weights(out), unet_weights(ddpm_run))
+
+
+def test_checkpoints_total_limit_keeps_the_newest_good_one(tmp_path):
+    from pipeline.training import STATE_FILE, _prune
+
+    for n in (5, 10, 15):
+        (tmp_path / f"checkpoint-{n}").mkdir()
+        (tmp_path / f"checkpoint-{n}" / "model.safetensors").write_bytes(b"x")
+        if n != 15:  # the newest one is incomplete: it must not count as the one to keep
+            (tmp_path / f"checkpoint-{n}" / STATE_FILE).write_text(f'{{"global_step": {n}}}')
+    _prune(tmp_path, total_limit=1)
+    assert (tmp_path / "checkpoint-10").is_dir() and not (tmp_path / "checkpoint-5").exists()
+
+
+def test_autoencoder_path_that_is_not_an_autoencoder(mnist_dir, ddpm_run, tmp_path):
+    res = run_script("train_latent_ddpm.py", ["--autoencoder", str(ddpm_run / "unet"), "--output_dir",
+                                              str(tmp_path / "x"), "--data_dir", str(mnist_dir)], check=False)
+    assert res.returncode == 2 and "not a CABAutoencoder" in res.stderr and "Traceback" not in res.stderr
+    res = run_script("train_latent_ddpm.py", ["--autoencoder", str(tmp_path / "nothing"), "--output_dir",
+                                              str(tmp_path / "x"), "--data_dir", str(mnist_dir)], check=False)
+    assert res.returncode == 2 and "error:" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_unet_that_does_not_fit_the_latents(mnist_dir, tiny_autoencoder_run, tmp_path):
+    args = ddpm_args(mnist_dir, tiny_autoencoder_run, tmp_path / "x")
+    args += ["--unet.block_out_channels", "[32, 32, 32, 32, 32]",
+             "--unet.down_block_types", "[DownBlock2D, DownBlock2D, DownBlock2D, DownBlock2D, DownBlock2D]",
+             "--unet.up_block_types", "[UpBlock2D, UpBlock2D, UpBlock2D, UpBlock2D, UpBlock2D]"]
+    res = run_script("train_latent_ddpm.py", args, check=False)
+    assert res.returncode == 2 and "8x8 latents cannot be halved 4 times" in res.stderr

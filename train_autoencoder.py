@@ -1,0 +1,173 @@
+"""Train the CAB autoencoder with Accelerate.
+
+    python train_autoencoder.py --config configs/autoencoder_quick.yaml
+    accelerate launch train_autoencoder.py --config configs/autoencoder.yaml --train_batch_size 512
+
+The run folder ends up holding the model (config.json with scaling_factor +
+safetensors), metrics.json (PSNR/SSIM over the full test split), reconstruction.png,
+tsne_batch.png, tsne_test.png, loss.png, training_config.yaml and TensorBoard logs.
+"""
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate.utils import set_seed
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
+
+from pipeline import training, visualisation
+from pipeline.autoencoder import CABAutoencoder
+from pipeline.config import AutoencoderTrainConfig, parse_config, save_config
+from pipeline.data import load_digits, to_digits, to_model_input
+from pipeline.errors import run_cli
+from pipeline.metrics import psnr_ssim
+
+logger = logging.getLogger("train_autoencoder")
+
+
+@torch.no_grad()
+def encode_decode(model, images_uint8, device, batch_size=1000):
+    """Latents and 28x28 reconstructions in [0, 1] for a set of uint8 digits."""
+    model.eval()
+    latents, recons = [], []
+    for i in range(0, len(images_uint8), batch_size):
+        x = to_model_input(images_uint8[i:i + batch_size]).to(device)
+        z = model.encode(x)
+        latents.append(z.float().cpu())
+        recons.append(to_digits(model.decode(z).float()).cpu())
+    return torch.cat(latents), torch.cat(recons)[:, 0].numpy()
+
+
+def main(argv):
+    cfg = parse_config(AutoencoderTrainConfig, argv)
+    accelerator = training.make_accelerator(cfg)
+    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    out = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "training_config.yaml")
+    set_seed(cfg.seed)  # model initialisation; data order and noise have their own seeds
+
+    # 1. Data: the whole split lives on the device as one tensor; no dataloader needed.
+    train_images, _ = load_digits("train", cfg.dataset, cfg.data_dir)
+    test_images, test_labels = load_digits("test", cfg.dataset, cfg.data_dir)
+    train_images = train_images[:cfg.max_train_samples]
+    test_images, test_labels = test_images[:cfg.max_eval_samples], test_labels[:cfg.max_eval_samples]
+    train_x = to_model_input(train_images).to(accelerator.device)
+    held_out = to_model_input(test_images[:256]).to(accelerator.device)
+
+    # 2. Model, optimizer, schedule.
+    model = CABAutoencoder(**vars(cfg.autoencoder))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=cfg.adam_weight_decay, fused=torch.cuda.is_available())
+    warmup, total = training.num_schedule_steps(cfg, accelerator)
+    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    train_model = torch.compile(model) if cfg.compile else model
+    if cfg.report_to != "none":
+        training.init_trackers(accelerator, cfg, "autoencoder")
+
+    # 3. Resume, then train to exactly max_train_steps.
+    step = training.resume(accelerator, cfg)
+    order = training.BatchOrder(len(train_x), cfg.train_batch_size, cfg.seed,
+                                accelerator.process_index, accelerator.num_processes)
+    loss_log = training.LossLog(out / "loss.csv", step, accelerator.is_main_process)
+    stop = training.StopRequest()
+    loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
+    first_bad = torch.full((), -1, device=accelerator.device)
+    bar = tqdm(total=cfg.max_train_steps, initial=step, disable=not accelerator.is_main_process, desc="autoencoder")
+    start_time, start_step = time.time(), step
+    while step < cfg.max_train_steps:
+        model.train()
+        for micro in range(cfg.gradient_accumulation_steps):
+            x = train_x[order(step * cfg.gradient_accumulation_steps + micro)]
+            with accelerator.accumulate(model), accelerator.autocast():
+                loss = F.mse_loss(train_model(x).float(), x)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+        loss = loss.detach()
+        first_bad = training.track_non_finite(first_bad, loss, step)
+        loss_sum, loss_count = loss_sum + loss, loss_count + 1
+
+        if step % cfg.logging_steps == 0 or step == cfg.max_train_steps:
+            training.check_finite(accelerator, first_bad)
+            mean_loss = accelerator.reduce(loss_sum, reduction="mean") / loss_count
+            logs = {"loss": mean_loss.item(), "lr": lr_scheduler.get_last_lr()[0],
+                    "images_per_s": (step - start_step) * cfg.train_batch_size * accelerator.num_processes
+                    * cfg.gradient_accumulation_steps / (time.time() - start_time)}
+            loss_sum, loss_count = torch.zeros_like(loss_sum), 0
+            if step % cfg.validation_steps == 0 or step == cfg.max_train_steps:
+                logs["val_psnr"] = validate(accelerator, model, held_out, step)
+            accelerator.log(logs, step=step)
+            loss_log.add(step, logs["loss"])
+            bar.set_postfix(loss=f"{logs['loss']:.4g}")
+        if step % cfg.checkpointing_steps == 0 or stop.requested(accelerator):
+            training.check_finite(accelerator, first_bad)
+            ckpt = training.save_checkpoint(accelerator, out, step, cfg.checkpoints_total_limit)
+            if stop.signum:
+                training.exit_after_signal(accelerator, ckpt, stop.signum)
+    bar.close()
+    training.check_finite(accelerator, first_bad)
+
+    # 4. Save the model with its latent scaling, then measure and draw.
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        finish(accelerator.unwrap_model(model), cfg, out, train_images, test_images, test_labels, loss_log)
+    accelerator.end_training()
+
+
+@torch.no_grad()
+def validate(accelerator, model, held_out, step):
+    model.eval()
+    with accelerator.autocast():
+        recon = accelerator.unwrap_model(model)(held_out).float()
+    mse = F.mse_loss(to_digits(recon), to_digits(held_out))
+    psnr = (10 * torch.log10(1.0 / mse)).item()
+    writer = training.tensorboard_writer(accelerator)
+    if writer is not None:
+        grid = visualisation.tile(torch.cat([to_digits(held_out[:16]), to_digits(recon[:16])]).cpu().numpy(), nrow=16)
+        writer.add_image("reconstructions", grid, step, dataformats="HW")
+    return psnr
+
+
+def finish(model, cfg, out, train_images, test_images, test_labels, loss_log):
+    device = next(model.parameters()).device
+    model = model.float()
+    # Unit-variance latents for the diffusion stage: estimated on up to 10k training digits.
+    latents, _ = encode_decode(model, train_images[:10000], device)
+    model.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    model.save_pretrained(out)
+
+    test_latents, recons = encode_decode(model, test_images, device)
+    originals = test_images.astype(np.float32) / 255.0
+    m = psnr_ssim(originals, recons)
+    metrics = {"psnr": m["psnr"], "ssim": m["ssim"], "num_images": m["num_images"],
+               "scaling_factor": model.config.scaling_factor, "max_train_steps": cfg.max_train_steps}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(f"test split: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} over {m['num_images']} digits; "
+          f"scaling_factor {model.config.scaling_factor:.4f}")
+
+    visualisation.reconstruction_figure(originals, recons, out / "reconstruction.png")
+    batch = slice(0, 64)  # "one batch", as in the reference
+    visualisation.tsne_figure(test_latents[batch].numpy(), test_labels[batch], out / "tsne_batch.png",
+                              "t-SNE of latents, one batch")
+    n = min(cfg.tsne_num_points, len(test_latents))
+    visualisation.tsne_figure(test_latents[:n].numpy(), test_labels[:n], out / "tsne_test.png",
+                              "t-SNE of latents, test split")
+    loss_log.plot(out / "loss.png", "autoencoder reconstruction loss (MSE)")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,238 @@
+"""Train a diffusers UNet2DModel to denoise the autoencoder's latents, with Accelerate.
+
+    python train_latent_ddpm.py --config configs/latent_ddpm_quick.yaml --autoencoder runs/demo/autoencoder
+    accelerate launch train_latent_ddpm.py --config configs/latent_ddpm.yaml --autoencoder runs/autoencoder
+
+The run folder ends up a complete pipeline folder (model_index.json, unet/, autoencoder/,
+scheduler/, the pipeline source and a model card) that loads with plain diffusers, plus
+samples.png, denoising.png, grid_diffusion.gif, loss.png and TensorBoard logs.
+"""
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate.utils import set_seed
+from diffusers import UNet2DModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel, compute_snr
+from tqdm.auto import tqdm
+
+from pipeline import training, visualisation
+from pipeline.config import LatentDDPMTrainConfig, parse_config, save_config
+from pipeline.data import load_digits
+from pipeline.errors import UserError, run_cli
+from pipeline.latent_cache import cached_latents, load_autoencoder
+from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
+from pipeline.schedulers import make_scheduler, make_train_scheduler
+
+logger = logging.getLogger("train_latent_ddpm")
+NUM_CLASSES = 10
+
+
+def build_unet(cfg, autoencoder) -> UNet2DModel:
+    u, size = cfg.unet, autoencoder.latent_size
+    depth = len(u.block_out_channels) - 1
+    if size % 2 ** depth:
+        raise UserError(f"{size}x{size} latents cannot be halved {depth} times by the UNet; "
+                        "use fewer unet.block_out_channels or an autoencoder with larger latents")
+    return UNet2DModel(
+        sample_size=size, in_channels=autoencoder.config.latent_channels,
+        out_channels=autoencoder.config.latent_channels, block_out_channels=tuple(u.block_out_channels),
+        down_block_types=tuple(u.down_block_types), up_block_types=tuple(u.up_block_types),
+        layers_per_block=u.layers_per_block, attention_head_dim=u.attention_head_dim,
+        norm_num_groups=u.norm_num_groups, dropout=u.dropout,
+        # Class conditioning: one extra embedding is the "no label" class used for CFG.
+        num_class_embeds=NUM_CLASSES + 1 if cfg.conditioning == "class" else None,
+    )
+
+
+def loss_fn(cfg, scheduler, unet, latents, labels, gen):
+    """One denoising loss on a batch: noise, timesteps and label dropout from `gen`."""
+    noise = torch.randn(latents.shape, generator=gen, device=latents.device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=gen, device=latents.device)
+    noisy = scheduler.add_noise(latents, noise, t)
+    class_labels = None
+    if labels is not None:
+        drop = torch.rand(len(labels), generator=gen, device=labels.device) < cfg.class_dropout
+        class_labels = torch.where(drop, torch.full_like(labels, NUM_CLASSES), labels)
+    pred = unet(noisy, t, class_labels=class_labels).sample.float()
+    target = {"epsilon": noise, "v_prediction": scheduler.get_velocity(latents, noise, t),
+              "sample": latents}[cfg.prediction_type]
+    loss = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+    if cfg.snr_gamma:  # min-SNR weighting (Hang et al. 2023)
+        snr = compute_snr(scheduler, t)
+        weight = torch.clamp(snr, max=cfg.snr_gamma)
+        weight = weight / {"epsilon": snr, "v_prediction": snr + 1, "sample": torch.ones_like(snr)}[cfg.prediction_type]
+        loss = loss * weight
+    return loss.mean()
+
+
+def main(argv):
+    cfg = parse_config(LatentDDPMTrainConfig, argv)
+    accelerator = training.make_accelerator(cfg)
+    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    out = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "training_config.yaml")  # hub_token is redacted
+    set_seed(cfg.seed)
+
+    # 1. Frozen autoencoder and the training split as latents on the accelerator.
+    autoencoder = load_autoencoder(cfg.autoencoder)
+    images, labels = load_digits("train", cfg.dataset, cfg.data_dir)
+    images, labels = images[:cfg.max_train_samples], labels[:cfg.max_train_samples]
+    latents = cached_latents(accelerator, autoencoder, images, cfg.dataset)
+    labels = torch.as_tensor(labels, device=accelerator.device) if cfg.conditioning == "class" else None
+
+    # 2. UNet, noise schedule, EMA, optimizer.
+    unet = build_unet(cfg, autoencoder)
+    noise_scheduler = make_train_scheduler(cfg.ddpm_num_steps, cfg.ddpm_beta_schedule, cfg.prediction_type)
+    ema = None
+    if cfg.use_ema:
+        ema = EMAModel(unet.parameters(), decay=cfg.ema_max_decay, use_ema_warmup=True, inv_gamma=cfg.ema_inv_gamma,
+                       power=cfg.ema_power, model_cls=UNet2DModel, model_config=unet.config)
+        ema.to(accelerator.device)
+        register_ema_hooks(accelerator, ema)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=cfg.adam_weight_decay, fused=torch.cuda.is_available())
+    warmup, total = training.num_schedule_steps(cfg, accelerator)
+    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    train_unet = torch.compile(unet) if cfg.compile else unet
+    if cfg.report_to != "none":
+        training.init_trackers(accelerator, cfg, "latent_ddpm")
+
+    # 3. Resume, then train to exactly max_train_steps.
+    step = training.resume(accelerator, cfg)
+    order = training.BatchOrder(len(latents), cfg.train_batch_size, cfg.seed,
+                                accelerator.process_index, accelerator.num_processes)
+    loss_log = training.LossLog(out / "loss.csv", step, accelerator.is_main_process)
+    stop = training.StopRequest()
+    loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
+    first_bad = torch.full((), -1, device=accelerator.device)
+    bar = tqdm(total=cfg.max_train_steps, initial=step, disable=not accelerator.is_main_process, desc="latent ddpm")
+    start_time, start_step = time.time(), step
+    while step < cfg.max_train_steps:
+        unet.train()
+        for micro in range(cfg.gradient_accumulation_steps):
+            k = step * cfg.gradient_accumulation_steps + micro
+            idx = order(k).to(accelerator.device)
+            gen = training.step_generator(cfg.seed, k, accelerator.process_index, accelerator.device)
+            with accelerator.accumulate(unet), accelerator.autocast():
+                loss = loss_fn(cfg, noise_scheduler, train_unet, latents[idx],
+                               None if labels is None else labels[idx], gen)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(unet.parameters())
+        step += 1
+        bar.update(1)
+        loss = loss.detach()
+        first_bad = training.track_non_finite(first_bad, loss, step)
+        loss_sum, loss_count = loss_sum + loss, loss_count + 1
+
+        if step % cfg.logging_steps == 0 or step == cfg.max_train_steps:
+            training.check_finite(accelerator, first_bad)
+            logs = {"loss": (accelerator.reduce(loss_sum, reduction="mean") / loss_count).item(),
+                    "lr": lr_scheduler.get_last_lr()[0],
+                    "latents_per_s": (step - start_step) * cfg.train_batch_size * accelerator.num_processes
+                    * cfg.gradient_accumulation_steps / (time.time() - start_time)}
+            if ema is not None:
+                logs["ema_decay"] = ema.cur_decay_value
+            loss_sum, loss_count = torch.zeros_like(loss_sum), 0
+            accelerator.log(logs, step=step)
+            loss_log.add(step, logs["loss"])
+            bar.set_postfix(loss=f"{logs['loss']:.4g}")
+        if step % cfg.save_images_steps == 0 and accelerator.is_main_process:
+            log_samples(accelerator, cfg, unet, ema, autoencoder, noise_scheduler, step)
+        if step % cfg.checkpointing_steps == 0 or stop.requested(accelerator):
+            training.check_finite(accelerator, first_bad)
+            ckpt = training.save_checkpoint(accelerator, out, step, cfg.checkpoints_total_limit)
+            if stop.signum:
+                training.exit_after_signal(accelerator, ckpt, stop.signum)
+    bar.close()
+    training.check_finite(accelerator, first_bad)
+
+    # 4. The pipeline folder, pictures and model card (main process), then the upload.
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        pipe = final_pipeline(accelerator, unet, ema, autoencoder, noise_scheduler)
+        finish(pipe, cfg, out, loss_log)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+def register_ema_hooks(accelerator, ema):
+    """EMA weights travel with the Accelerate state, as diffusers-format `unet_ema/` (safetensors)."""
+
+    def save_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            ema.save_pretrained(os.path.join(output_dir, "unet_ema"))
+
+    def load_hook(models, input_dir):
+        path = os.path.join(input_dir, "unet_ema")
+        if not os.path.isdir(path):
+            raise UserError(f"checkpoint {input_dir} has no unet_ema/ but use_ema is on; resume with --use_ema false")
+        loaded = EMAModel.from_pretrained(path, model_cls=UNet2DModel)
+        ema.load_state_dict(loaded.state_dict())
+        ema.to(accelerator.device)
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def make_pipeline(unet, autoencoder, noise_scheduler):
+    return LatentDDPMPipeline(unet=unet, autoencoder=autoencoder, scheduler=noise_scheduler)
+
+
+@torch.no_grad()
+def log_samples(accelerator, cfg, unet, ema, autoencoder, noise_scheduler, step):
+    writer = training.tensorboard_writer(accelerator)
+    if writer is None:
+        return
+    model = accelerator.unwrap_model(unet)
+    if ema is not None:  # sample with the EMA weights, then put the training weights back
+        ema.store(model.parameters())
+        ema.copy_to(model.parameters())
+    pipe = make_pipeline(model, autoencoder.to(accelerator.device), noise_scheduler)
+    pipe.scheduler = make_scheduler("dpm", noise_scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=64, generator=torch.Generator(accelerator.device).manual_seed(0),
+                  num_inference_steps=cfg.num_inference_steps, output_type="np").images
+    writer.add_image("samples", visualisation.tile(images, nrow=8), step, dataformats="HW")
+    if ema is not None:
+        ema.restore(model.parameters())
+
+
+def final_pipeline(accelerator, unet, ema, autoencoder, noise_scheduler):
+    model = accelerator.unwrap_model(unet)
+    if ema is not None:
+        ema.copy_to(model.parameters())  # the published weights are the EMA ones
+    return make_pipeline(model.float().eval(), autoencoder.to(accelerator.device).float().eval(), noise_scheduler)
+
+
+def finish(pipe, cfg, out, loss_log):
+    from pipeline.export import push_folder, save_pipeline_folder
+    from pipeline.figures import pipeline_figures
+
+    pipe.set_progress_bar_config(disable=True)
+    loss_log.plot(out / "loss.png", f"latent diffusion loss ({cfg.prediction_type})")
+    metrics = pipeline_figures(pipe, cfg, out)
+    save_pipeline_folder(pipe, out, metrics=metrics, sample_grid_path=str(out / "samples.png"), dataset=cfg.dataset)
+    print(f"pipeline saved to {out}")
+    if cfg.push_to_hub:
+        url = push_folder(out, cfg.hub_model_id, token=cfg.hub_token, private=cfg.hub_private_repo)
+        print(f"pushed to {url}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
