@@ -76,6 +76,7 @@ def main(argv):
     accelerator = training.make_accelerator(cfg)
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING)
     logging.getLogger("accelerate").setLevel(logging.WARNING)
+    training.announce(accelerator, cfg)
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -161,6 +162,7 @@ def main(argv):
                 training.exit_after_signal(accelerator, ckpt, stop.signum)
     bar.close()
     training.check_finite(accelerator, first_bad)
+    training.check_replicas_in_sync(accelerator, unet)
 
     # 4. The pipeline folder, pictures and model card (main process), then the upload.
     accelerator.wait_for_everyone()

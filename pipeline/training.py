@@ -45,6 +45,22 @@ def make_accelerator(cfg) -> Accelerator:
     )
 
 
+def announce(accelerator, cfg):
+    accelerator.print(f"training on {accelerator.num_processes} process(es), device {accelerator.device.type}, "
+                      f"mixed precision {cfg.mixed_precision}, batch {cfg.train_batch_size} per process")
+
+
+def check_replicas_in_sync(accelerator, model):
+    """Every process must end with the same weights (DDP keeps them so); say so, or fail."""
+    if accelerator.num_processes == 1:
+        return
+    fingerprint = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+    everyone = accelerator.gather(fingerprint)
+    if not (everyone == everyone[0]).all():
+        raise RuntimeError(f"processes ended with different weights: {everyone.tolist()}")
+    accelerator.print(f"weights identical on all {accelerator.num_processes} processes")
+
+
 def init_trackers(accelerator, cfg, name):
     # TensorBoard hparams take scalars only: flatten groups and stringify lists.
     flat = {}

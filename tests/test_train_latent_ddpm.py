@@ -174,3 +174,19 @@ def test_unet_that_does_not_fit_the_latents(mnist_dir, tiny_autoencoder_run, tmp
              "--unet.up_block_types", "[UpBlock2D, UpBlock2D, UpBlock2D, UpBlock2D, UpBlock2D]"]
     res = run_script("train_latent_ddpm.py", args, check=False)
     assert res.returncode == 2 and "8x8 latents cannot be halved 4 times" in res.stderr
+
+
+def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(mnist_dir, tiny_autoencoder_run, tmp_path):
+    out = tmp_path / "nan"
+    args = ddpm_args(mnist_dir, tiny_autoencoder_run, out, steps=10, extra=["--checkpointing_steps", "5"])
+    run_script("train_latent_ddpm.py", args)
+    good = unet_weights(out)
+    # The same folder again with a learning rate that blows the weights up within a few steps.
+    res = run_script("train_latent_ddpm.py", args + ["--learning_rate", "1e12", "--max_grad_norm", "1e30",
+                                                     "--lr_warmup_steps", "0"], check=False)
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "loss became non-finite at step" in res.stderr and "Traceback" not in res.stderr
+    assert_same_weights(unet_weights(out), good)  # the saved model was not overwritten
+    from pipeline.training import checkpoint_is_complete
+
+    assert checkpoint_is_complete(out / "checkpoint-10")

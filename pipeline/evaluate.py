@@ -1,0 +1,217 @@
+"""Score a trained model: `python -m pipeline.evaluate --pipeline PATH [...]`.
+
+For a LatentDDPMPipeline folder (has model_index.json) it samples `--num_samples` digits
+with a seeded generator and writes to `--output_dir`:
+  samples.npz   key `images`, uint8 (N, 28, 28)
+  samples.png   the first 100 digits
+  metrics.json  FID / precision / recall / class balance / confidence, each with its
+                real-data floor, plus sampler settings and speed
+and prints a table with the floor next to each number. The judge is our MNIST
+classifier (pipeline/classifier.py), trained once and cached.
+
+For a CABAutoencoder folder (config.json, no model_index.json) it reports PSNR/SSIM of
+reconstructions over the whole test split instead (metrics.json: psnr, ssim, num_images).
+
+Same seed, same settings, same device => same samples and the same scores.
+In-process (e.g. at the end of training): `evaluate_pipeline(pipe, output_dir, ...)` and
+`evaluate_autoencoder(autoencoder, output_dir, ...)` do the same and return the metrics.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.errors import UserError, run_cli
+
+SCHEDULER_NAMES = ("ddpm", "ddim", "dpm", "unipc", "euler")
+MIN_SAMPLES = 10  # precision/recall need k+1 neighbours; below this the numbers mean nothing
+TABLE = [("fid", "FID", "lower is better"), ("precision", "precision", "realism"),
+         ("recall", "recall", "coverage"), ("kl_to_uniform", "KL to uniform", "class balance, 0 = even"),
+         ("mean_confidence", "mean confidence", "judge's max softmax")]
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--pipeline", required=True, help="a saved LatentDDPMPipeline folder, or a CABAutoencoder folder")
+    p.add_argument("--num_samples", type=int, default=10_000)
+    p.add_argument("--num_inference_steps", type=int, default=20)
+    p.add_argument("--scheduler", choices=SCHEDULER_NAMES, default="dpm")
+    p.add_argument("--output_dir", default=None, help="default: <pipeline>/eval")
+    p.add_argument("--batch_size", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--dataset", default="ylecun/mnist", help="the dataset the model was trained on (picks the judge)")
+    p.add_argument("--data_dir", default=None, help="folder with the four IDX files, if the Hub is unreachable")
+    args = p.parse_args(argv)
+    for name in ("num_samples", "num_inference_steps", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be a positive integer; got {getattr(args, name)}")
+    return args
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} but CUDA is not available here; use --device auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name} but MPS is not available here; use --device auto or cpu")
+    return device
+
+
+def model_kind(path: Path) -> str:
+    """'pipeline' or 'autoencoder', from the files in the folder; anything else is a UserError."""
+    if not path.is_dir():
+        raise UserError(f"--pipeline {path} is not a folder; pass the output_dir of a training run")
+    if (path / "model_index.json").is_file():
+        return "pipeline"
+    config = path / "config.json"
+    if config.is_file():
+        try:
+            name = json.loads(config.read_text()).get("_class_name")
+        except ValueError:
+            raise UserError(f"{config} is not valid JSON; restore it or re-run training")
+        if name == "CABAutoencoder":
+            return "autoencoder"
+    raise UserError(f"--pipeline {path} is neither a LatentDDPMPipeline folder (model_index.json) nor a "
+                    f"CABAutoencoder folder (config.json); pass the output_dir of a training run")
+
+
+def load_pipeline(path: Path, device):
+    import pipeline.autoencoder  # noqa: F401  (model_index.json names it; diffusers loads only imported modules)
+    from diffusers.utils import logging as diffusers_logging
+
+    from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
+    diffusers_logging.disable_progress_bar()  # "Loading pipeline components" bars; we print our own progress
+    try:
+        pipe = LatentDDPMPipeline.from_pretrained(str(path))
+    except Exception as e:  # missing weights, wrong component classes, ...
+        raise UserError(f"cannot load the pipeline {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    return pipe.to(device)
+
+
+def sample_digits(pipe, num_samples, batch_size, num_inference_steps, seed) -> np.ndarray:
+    """uint8 (N, 28, 28): batches drawn in order from one generator seeded once on the pipeline's device."""
+    generator = torch.Generator(device=pipe.device).manual_seed(seed)
+    out = []
+    for start in range(0, num_samples, batch_size):
+        n = min(batch_size, num_samples - start)
+        images = pipe(batch_size=n, generator=generator, num_inference_steps=num_inference_steps,
+                      output_type="np").images  # float32 (n, 28, 28, 1) in [0, 1]
+        out.append(np.clip(np.round(images[..., 0] * 255.0), 0, 255).astype(np.uint8))
+        print(f"sampled {start + n}/{num_samples}", flush=True)
+    return np.concatenate(out)
+
+
+def print_table(metrics: dict):
+    print(f"\n{'':16}{'model':>10}{'real data':>11}")
+    for key, label, hint in TABLE:
+        print(f"{label:16}{metrics[key]:10.4g}{metrics[key + '_floor']:11.4g}   {hint}")
+    hist = " ".join(str(c) for c in metrics["class_histogram"])
+    print(f"classes 0-9     {hist}")
+    print(f"speed           {metrics['digits_per_second']:.1f} digits/s "
+          f"({metrics['scheduler']}, {metrics['num_inference_steps']} steps)")
+
+
+def _prepare(output_dir) -> Path:
+    out = Path(output_dir).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create --output_dir {out} ({e.strerror}); pass a writable folder")
+    return out
+
+
+def _write_metrics(metrics: dict, out: Path):
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(f"wrote {out / 'metrics.json'}")
+
+
+def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=20, scheduler="dpm", seed=0,
+                      batch_size=1000, dataset="ylecun/mnist", data_dir=None) -> dict:
+    """Sample with `pipe` (left untouched: a copy gets `scheduler`), score, write the three files, return metrics."""
+    from pipeline.classifier import classifier_accuracy, get_classifier
+    from pipeline.metrics import get_reference, score_digits
+    from pipeline.schedulers import make_scheduler
+    from pipeline.visualisation import save_grid
+
+    if num_samples < MIN_SAMPLES:
+        raise UserError(f"--num_samples {num_samples} is too few to score; use at least {MIN_SAMPLES}")
+    out = _prepare(output_dir)
+    # The judge first: if it cannot be had (no data), fail before spending time on sampling.
+    classifier = get_classifier(dataset, data_dir, device=pipe.device)
+    reference = get_reference(dataset, data_dir, classifier)
+    sampler = type(pipe)(**pipe.components)
+    sampler.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    sampler.set_progress_bar_config(disable=True)
+
+    start = time.perf_counter()
+    images = sample_digits(sampler, num_samples, batch_size, num_inference_steps, seed)
+    seconds = time.perf_counter() - start
+    np.savez_compressed(out / "samples.npz", images=images)
+    save_grid(images[:100], out / "samples.png", nrow=10)
+
+    metrics = score_digits(images, classifier, reference)
+    metrics.update(scheduler=scheduler, num_inference_steps=num_inference_steps, seed=seed, batch_size=batch_size,
+                   device=str(pipe.device), sampling_seconds=round(seconds, 3),
+                   digits_per_second=round(num_samples / seconds, 2),
+                   classifier_accuracy=classifier_accuracy(dataset), dataset=dataset)
+    print_table(metrics)
+    _write_metrics(metrics, out)
+    return metrics
+
+
+@torch.no_grad()
+def evaluate_autoencoder(autoencoder, output_dir, batch_size=1000, dataset="ylecun/mnist", data_dir=None) -> dict:
+    """PSNR/SSIM of reconstructions of the whole test split; writes metrics.json and reconstructions.png."""
+    from pipeline.data import load_digits, to_digits, to_model_input
+    from pipeline.metrics import psnr_ssim
+    from pipeline.visualisation import reconstruction_figure
+
+    out = _prepare(output_dir)
+    autoencoder.eval()
+    originals, _ = load_digits("test", dataset=dataset, data_dir=data_dir)
+    recons = []
+    for i in range(0, len(originals), batch_size):
+        x = to_model_input(originals[i:i + batch_size]).to(autoencoder.device, autoencoder.dtype)
+        recons.append(to_digits(autoencoder(x))[:, 0].float().cpu().numpy())
+    recons = np.concatenate(recons)
+    scores = psnr_ssim(originals, recons)
+    reconstruction_figure(originals, recons, out / "reconstructions.png")
+    metrics = dict(psnr=scores["psnr"], ssim=scores["ssim"], num_images=scores["num_images"], dataset=dataset)
+    print(f"\nreconstruction of {scores['num_images']} test digits: "
+          f"PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f} (perfect: inf, 1)")
+    _write_metrics(metrics, out)
+    return metrics
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    path = Path(args.pipeline).expanduser()
+    kind = model_kind(path)
+    device = pick_device(args.device)
+    out = Path(args.output_dir).expanduser() if args.output_dir else path / "eval"
+    if kind == "autoencoder":
+        from pipeline.latent_cache import load_autoencoder
+        return evaluate_autoencoder(load_autoencoder(path).to(device), out, batch_size=args.batch_size,
+                                    dataset=args.dataset, data_dir=args.data_dir)
+    if args.num_samples < MIN_SAMPLES:  # before loading anything
+        raise UserError(f"--num_samples {args.num_samples} is too few to score; use at least {MIN_SAMPLES}")
+    return evaluate_pipeline(load_pipeline(path, device), out, num_samples=args.num_samples,
+                             num_inference_steps=args.num_inference_steps, scheduler=args.scheduler,
+                             seed=args.seed, batch_size=args.batch_size, dataset=args.dataset,
+                             data_dir=args.data_dir)
+
+
+if __name__ == "__main__":
+    run_cli(main)

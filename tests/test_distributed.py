@@ -1,0 +1,51 @@
+"""Two gloo processes on a CPU-only machine: torchrun and `accelerate launch --multi_gpu`."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY_AE
+
+from test_train_latent_ddpm import TINY_UNET
+
+BIN = Path(sys.executable).parent
+
+
+def launch(launcher, script, args, timeout=600):
+    cmd = {"torchrun": [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29533"],
+           "accelerate": [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                          "--main_process_port", "29534"]}[launcher]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd + [str(REPO / script), *args], cwd=REPO, capture_output=True, text=True,
+                         timeout=timeout, env=env)
+    log = res.stdout + res.stderr
+    if res.returncode != 0:
+        pytest.fail(f"{launcher} {script} failed:\n{log[-4000:]}")
+    return log
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_both_scripts_train_on_two_processes(launcher, mnist_dir, tmp_path):
+    ae = tmp_path / "ae"
+    log = launch(launcher, "train_autoencoder.py", [
+        "--config", str(REPO / "configs/autoencoder_quick.yaml"), "--output_dir", str(ae), "--data_dir", str(mnist_dir),
+        "--max_train_samples", "1024", "--max_eval_samples", "100", "--max_train_steps", "10", "--train_batch_size", "16",
+        "--checkpointing_steps", "5", "--logging_steps", "5", "--tsne_num_points", "50", *TINY_AE])
+    assert "training on 2 process(es)" in log and "weights identical on all 2 processes" in log
+    assert (ae / "diffusion_pytorch_model.safetensors").is_file() and (ae / "checkpoint-10").is_dir()
+
+    ddpm_args = ["--config", str(REPO / "configs/latent_ddpm_quick.yaml"), "--autoencoder", str(ae),
+                 "--output_dir", str(tmp_path / "ddpm"), "--data_dir", str(mnist_dir), "--max_train_samples", "1024",
+                 "--train_batch_size", "16", "--logging_steps", "5", "--checkpointing_steps", "5",
+                 "--save_images_steps", "100", "--eval_num_samples", "0", "--num_inference_steps", "2", *TINY_UNET]
+    log = launch(launcher, "train_latent_ddpm.py", ddpm_args + ["--max_train_steps", "5"])
+    assert "training on 2 process(es)" in log and "weights identical on all 2 processes" in log
+    # Resume on two processes from the checkpoint the two processes wrote.
+    log = launch(launcher, "train_latent_ddpm.py", ddpm_args + ["--max_train_steps", "10",
+                                                                "--resume_from_checkpoint", "latest"])
+    assert "resumed from" in log and "checkpoint-5" in log and "weights identical on all 2 processes" in log
+    assert (tmp_path / "ddpm" / "model_index.json").is_file() and (tmp_path / "ddpm" / "checkpoint-10").is_dir()

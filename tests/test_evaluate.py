@@ -1,0 +1,100 @@
+"""`python -m pipeline.evaluate` end to end, as a user runs it, on a tiny untrained pipeline.
+
+It checks the files and their formats, not sample quality (the model is random). The judge
+classifier is trained by the first run into the session's private cache (conftest), so
+running this file alone costs one classifier training; with test_metrics.py it is shared.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import UNet2DModel
+
+from pipeline.autoencoder import CABAutoencoder
+from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
+from pipeline.schedulers import make_train_scheduler
+
+REPO = Path(__file__).resolve().parents[1]
+METRIC_KEYS = {
+    "fid": float, "fid_floor": float, "precision": float, "precision_floor": float, "recall": float,
+    "recall_floor": float, "class_histogram": list, "kl_to_uniform": float, "kl_to_uniform_floor": float,
+    "mean_confidence": float, "mean_confidence_floor": float, "num_samples": int, "scheduler": str,
+    "num_inference_steps": int, "seed": int, "sampling_seconds": float, "digits_per_second": float,
+    "classifier_accuracy": float,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory):
+    torch.manual_seed(0)
+    autoencoder = CABAutoencoder(block_out_channels=(8, 8, 8), layers_per_block=1, norm_num_groups=4, reduction=4)
+    unet = UNet2DModel(sample_size=autoencoder.latent_size, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+                       layers_per_block=1, norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"))
+    path = tmp_path_factory.mktemp("tiny") / "pipeline"
+    LatentDDPMPipeline(unet=unet, autoencoder=autoencoder, scheduler=make_train_scheduler()).save_pretrained(path)
+    return path
+
+
+def run_evaluate(*args):
+    # the environment carries conftest's private cache and HF_HUB_OFFLINE into the child
+    return subprocess.run([sys.executable, "-m", "pipeline.evaluate", *map(str, args)], cwd=REPO,
+                          env=dict(os.environ), capture_output=True, text=True, timeout=600)
+
+
+def test_evaluate_writes_samples_and_metrics_reproducibly(tiny_pipeline, tmp_path, mnist_dir):
+    outputs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        proc = run_evaluate("--pipeline", tiny_pipeline, "--num_samples", 64, "--num_inference_steps", 2,
+                            "--batch_size", 24, "--scheduler", "ddpm", "--seed", 3, "--device", "cpu",
+                            "--output_dir", out, "--data_dir", mnist_dir)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "FID" in proc.stdout  # the summary table
+        outputs.append(out)
+
+    a, b = outputs
+    with np.load(a / "samples.npz") as za, np.load(b / "samples.npz") as zb:
+        assert list(za.keys()) == ["images"]
+        images = za["images"]
+        assert images.shape == (64, 28, 28) and images.dtype == np.uint8
+        assert np.array_equal(images, zb["images"])  # same seed => same digits, over several batches
+        assert images.std() > 0  # not a blank image
+
+    metrics = json.loads((a / "metrics.json").read_text())
+    for key, kind in METRIC_KEYS.items():
+        assert isinstance(metrics[key], kind), (key, metrics[key])
+    assert metrics["num_samples"] == 64 and metrics["scheduler"] == "ddpm" and metrics["seed"] == 3
+    assert len(metrics["class_histogram"]) == 10 and sum(metrics["class_histogram"]) == 64
+    assert metrics["classifier_accuracy"] >= 0.99
+    assert metrics["fid"] > 10 * metrics["fid_floor"]  # random weights make no digits
+    other = json.loads((b / "metrics.json").read_text())
+    for key in ("fid", "precision", "recall", "class_histogram", "mean_confidence"):
+        assert metrics[key] == other[key], key
+    assert (a / "samples.png").stat().st_size > 0
+
+
+def test_evaluate_other_seed_and_scheduler(tiny_pipeline, tmp_path, mnist_dir):
+    proc = run_evaluate("--pipeline", tiny_pipeline, "--num_samples", 16, "--num_inference_steps", 2,
+                        "--scheduler", "euler", "--seed", 4, "--device", "cpu", "--output_dir", tmp_path,
+                        "--data_dir", mnist_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "metrics.json").read_text())["scheduler"] == "euler"
+    with np.load(tmp_path / "samples.npz") as z:
+        assert z["images"].shape == (16, 28, 28)
+
+
+def test_evaluate_user_errors_are_one_line(tmp_path):
+    proc = run_evaluate("--pipeline", tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: --pipeline {tmp_path} is neither a LatentDDPMPipeline folder (model_index.json) nor a "
+        f"CABAutoencoder folder (config.json); pass the output_dir of a training run"]
+    proc = run_evaluate("--pipeline", tmp_path, "--num_samples", 0)
+    assert proc.returncode == 2 and "--num_samples must be a positive integer" in proc.stderr

@@ -1,0 +1,205 @@
+"""The scorer on real MNIST: the judge is good, real digits score near the floor, damaged
+digits score far worse, and each metric agrees with its definition on small cases.
+
+The judge classifier is trained once per test session (about 20 s on two cores) into the
+session's private cache and shared by every test here.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from pipeline.classifier import DigitClassifier, accuracy, classifier_dir, get_classifier
+from pipeline.data import load_digits
+from pipeline.errors import UserError
+from pipeline.metrics import (class_histogram, frechet_distance, get_reference, kl_to_uniform,
+                              precision_recall, psnr_ssim, score_digits)
+
+N = 2000  # digits per scored set: enough for stable FID/PR in 128-d, quick to score
+
+
+@pytest.fixture(scope="session")
+def digits(mnist_dir):
+    return {split: load_digits(split, data_dir=mnist_dir) for split in ("train", "test")}
+
+
+@pytest.fixture(scope="session")
+def judge(mnist_dir, digits, tmp_path_factory):
+    # Session fixtures run before conftest's per-test env fixture: point at the same private cache here.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LATENT_DIGITS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        classifier = get_classifier(data_dir=mnist_dir)
+        reference = get_reference(data_dir=mnist_dir, classifier=classifier)
+        folder = classifier_dir()
+    return classifier, reference, folder
+
+
+@pytest.fixture(scope="session")
+def scored(judge, digits):
+    """Scores of four sets of N digits: real (training digits outside the floor's 10k), blurred, noise, all ones."""
+    classifier, reference, _ = judge
+    images, labels = digits["train"]
+    real = images[20_000:20_000 + N]
+    blurred = np.round(gaussian_filter(real.astype(np.float64), sigma=(0, 1.0, 1.0))).astype(np.uint8)
+    noise = np.random.default_rng(0).integers(0, 256, size=real.shape, dtype=np.uint8)
+    ones = images[labels == 1][:N]
+    sets = dict(real=real, blurred=blurred, noise=noise, ones=ones)
+    return {name: score_digits(x, classifier, reference) for name, x in sets.items()}
+
+
+# -----------------------------------------------------------------------------
+# the judge
+
+def test_classifier_is_a_trustworthy_judge_and_is_cached(judge, digits):
+    classifier, _, folder = judge
+    test_x, test_y = digits["test"]
+    acc = accuracy(classifier, test_x, test_y)
+    assert acc >= 0.99
+    assert json.loads((folder / "accuracy.json").read_text())["test_accuracy"] == pytest.approx(acc)
+    assert (folder / "config.json").is_file() and (folder / "diffusion_pytorch_model.safetensors").is_file()
+
+    # A second call loads the saved judge (no retraining): identical weights, identical answers.
+    reloaded = get_classifier()
+    assert isinstance(reloaded, DigitClassifier) and not reloaded.training
+    x = torch.as_tensor(test_x[:256]).unsqueeze(1).float() / 255
+    with torch.no_grad():
+        assert torch.equal(classifier(x), reloaded(x))
+        assert classifier.features(x).shape == (256, classifier.config.feature_dim)
+
+
+# -----------------------------------------------------------------------------
+# the scorer on real and damaged digits
+
+def test_real_digits_score_near_the_floor(judge, scored):
+    floor, real = judge[1].floor, scored["real"]
+    assert 0 < floor["fid"] < 3  # train vs test in the judge's feature space: nearly the same distribution
+    assert real["fid_floor"] == floor["fid"]
+    assert real["fid"] < floor["fid"] + 3  # 2k samples carry a small upward bias
+    assert real["precision"] > 0.75 and real["recall"] > 0.75
+    assert floor["precision"] > 0.75 and floor["recall"] > 0.75
+    assert real["kl_to_uniform"] < 0.02
+    assert real["mean_confidence"] > 0.97
+
+
+def test_blurred_and_noise_score_far_worse(scored):
+    real, blurred, noise = scored["real"], scored["blurred"], scored["noise"]
+    assert blurred["fid"] > 50 and blurred["fid"] > 20 * real["fid"]
+    assert noise["fid"] > 2 * blurred["fid"]
+    assert blurred["recall"] < 0.3 < real["recall"]  # blur loses the variety of strokes
+    assert noise["precision"] < 0.02 and noise["recall"] < 0.02
+
+
+def test_class_balance_flags_a_single_class_set(scored):
+    assert scored["real"]["kl_to_uniform"] < 0.02
+    ones = scored["ones"]
+    assert ones["class_histogram"][1] > 0.98 * N
+    assert ones["kl_to_uniform"] > 2.0  # log(10) = 2.30 is all one class
+    assert ones["recall"] < 0.3  # one digit covers little of the real data
+
+
+def test_score_schema(scored):
+    s = scored["real"]
+    for key in ("fid", "precision", "recall", "kl_to_uniform", "mean_confidence"):
+        assert isinstance(s[key], float) and isinstance(s[key + "_floor"], float), key
+    assert s["num_samples"] == N
+    assert len(s["class_histogram"]) == 10 and sum(s["class_histogram"]) == N
+    assert all(isinstance(c, int) for c in s["class_histogram"])
+    json.dumps(s, allow_nan=False)  # straight into metrics.json
+
+
+def test_reference_is_cached_and_reused(judge, mnist_dir):
+    classifier, reference, folder = judge
+    assert (folder / "reference.npz").is_file()
+    again = get_reference(data_dir=mnist_dir, classifier=classifier)
+    assert again.floor == reference.floor and np.array_equal(again.test_features, reference.test_features)
+    assert reference.test_features.shape == (10_000, classifier.config.feature_dim)
+
+
+# -----------------------------------------------------------------------------
+# each metric against its definition
+
+def test_frechet_distance_identity_symmetry_and_mean_shift(judge):
+    feats = judge[1].test_features
+    assert frechet_distance(feats, feats) == pytest.approx(0, abs=1e-3)
+    a, b = feats[:5000], feats[5000:]
+    assert frechet_distance(a, b) == pytest.approx(frechet_distance(b, a), rel=1e-4)
+    # Same covariance, shifted mean: the distance is exactly the squared shift.
+    g = np.random.default_rng(0).normal(size=(3000, 16))
+    shift = np.linspace(-1, 1, 16)
+    assert frechet_distance(g, g + shift) == pytest.approx((shift ** 2).sum(), rel=1e-6)
+    assert frechet_distance(g, g * 2) > 10  # covariances differ: trace term counts
+
+
+def test_precision_recall_definition():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(500, 8)).astype(np.float32)
+    assert precision_recall(real, real) == dict(precision=1.0, recall=1.0)  # every point is in its own ball
+    assert precision_recall(real, real[:100])["precision"] == 1.0
+    far = real + 100  # the same cloud, far away
+    assert precision_recall(real, far) == dict(precision=0.0, recall=0.0)
+    # A tight fake cluster at the real centre: realistic (high precision) but not varied (low recall).
+    tight = 0.05 * rng.normal(size=(500, 8)).astype(np.float32)
+    pr = precision_recall(real, tight)
+    assert pr["precision"] > 0.9 and pr["recall"] < 0.2
+    # Chunking is an implementation detail.
+    assert precision_recall(real, tight, chunk=7) == pr
+    with pytest.raises(ValueError):
+        precision_recall(real, real[:3], k=3)
+
+
+def test_class_histogram_and_kl():
+    assert class_histogram([0, 0, 1, 9], num_classes=10).tolist() == [2, 1, 0, 0, 0, 0, 0, 0, 0, 1]
+    assert kl_to_uniform([5] * 10) == pytest.approx(0)
+    assert kl_to_uniform([0, 7, 0, 0]) == pytest.approx(np.log(4))
+    assert kl_to_uniform([1, 3]) == pytest.approx(0.25 * np.log(0.5) + 0.75 * np.log(1.5))
+
+
+def test_psnr_ssim_identical_and_against_skimage(digits):
+    x = digits["test"][0][:50].astype(np.float64) / 255
+    same = psnr_ssim(x, x.copy())
+    assert same["ssim"] == pytest.approx(1.0) and same["psnr"] == np.inf and same["num_images"] == 50
+
+    noisy = np.clip(x + np.random.default_rng(0).normal(0, 0.1, x.shape), 0, 1)
+    got = psnr_ssim(x, noisy)
+    want_psnr = [peak_signal_noise_ratio(a, b, data_range=1.0) for a, b in zip(x, noisy)]
+    want_ssim = [structural_similarity(a, b, data_range=1.0) for a, b in zip(x, noisy)]
+    np.testing.assert_allclose(got["per_image_psnr"], want_psnr)
+    np.testing.assert_allclose(got["per_image_ssim"], want_ssim)
+    assert got["psnr"] == pytest.approx(np.mean(want_psnr)) and got["ssim"] == pytest.approx(np.mean(want_ssim))
+    assert 15 < got["psnr"] < 30 and got["ssim"] < 0.9
+    # uint8 input means 0-255, and (N,1,H,W) is accepted
+    assert psnr_ssim(digits["test"][0][:50], noisy[:, None])["psnr"] == pytest.approx(got["psnr"])
+
+
+# -----------------------------------------------------------------------------
+# the autoencoder branch of `python -m pipeline.evaluate`, in-process
+
+def test_evaluate_autoencoder_folder_writes_psnr_ssim(tmp_path, mnist_dir):
+    from pipeline.autoencoder import CABAutoencoder
+    from pipeline.evaluate import main
+
+    torch.manual_seed(0)
+    ae_dir = tmp_path / "ae"
+    CABAutoencoder(block_out_channels=(8, 8, 8), layers_per_block=1, norm_num_groups=4, reduction=4).save_pretrained(ae_dir)
+    out = tmp_path / "eval"
+    main(["--pipeline", str(ae_dir), "--output_dir", str(out), "--data_dir", str(mnist_dir), "--device", "cpu"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_images"] == 10_000
+    assert isinstance(metrics["psnr"], float) and isinstance(metrics["ssim"], float)
+    assert metrics["psnr"] < 20 and metrics["ssim"] < 0.5  # an untrained autoencoder reconstructs badly
+    assert (out / "reconstructions.png").is_file()
+
+
+def test_evaluate_rejects_a_folder_that_is_no_model(tmp_path):
+    from pipeline.evaluate import main
+
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel"}))
+    with pytest.raises(UserError, match="neither a LatentDDPMPipeline folder"):
+        main(["--pipeline", str(tmp_path)])
+    with pytest.raises(UserError, match="is not a folder"):
+        main(["--pipeline", str(tmp_path / "missing")])
