@@ -88,7 +88,6 @@ def model_kind(path: Path) -> str:
 
 
 def load_pipeline(path: Path, device):
-    import pipeline.autoencoder  # noqa: F401  (model_index.json names it; diffusers loads only imported modules)
     from diffusers.utils import logging as diffusers_logging
 
     from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline

@@ -1,7 +1,6 @@
 """train_latent_ddpm.py end to end, resume after kill -9 / SIGTERM, and its input checks."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
