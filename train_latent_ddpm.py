@@ -93,6 +93,10 @@ def main(argv):
     # 2. UNet, noise schedule, EMA, optimizer.
     unet = build_unet(cfg, autoencoder)
     noise_scheduler = make_train_scheduler(cfg.ddpm_num_steps, cfg.ddpm_beta_schedule, cfg.prediction_type)
+    if cfg.prediction_type == "epsilon" and noise_scheduler.alphas_cumprod[-1] < 1e-6:
+        accelerator.print(f"warning: {cfg.ddpm_beta_schedule} ends at alpha_bar={noise_scheduler.alphas_cumprod[-1]:.1e}; "
+                          "an epsilon model's samples diverge from t=T there: use --prediction_type v_prediction "
+                          "or --ddpm_beta_schedule linear")
     ema = None
     if cfg.use_ema:
         ema = EMAModel(unet.parameters(), decay=cfg.ema_max_decay, use_ema_warmup=True, inv_gamma=cfg.ema_inv_gamma,

@@ -127,7 +127,9 @@ class LatentDDPMTrainConfig(TrainConfig):
     learning_rate: float = 2e-4
     ddpm_num_steps: int = 1000
     ddpm_beta_schedule: str = "squaredcos_cap_v2"  # cosine schedule: more useful steps at low noise
-    prediction_type: str = "epsilon"  # epsilon / v_prediction / sample; must match at sampling
+    # v_prediction: with the cosine schedule alpha_bar(999) ~ 2e-9, so an epsilon model's x0 estimate
+    # near t=T divides its error by 5e-5 and every sampler starting at t=999 diverges (measured).
+    prediction_type: str = "v_prediction"  # epsilon / v_prediction / sample; must match at sampling
     snr_gamma: Optional[float] = None  # min-SNR loss weighting (5.0 is the paper's value); null = off
     conditioning: str = "none"  # none / class: class-conditional UNet with label dropout for CFG
     class_dropout: float = 0.1  # fraction of labels dropped so one model learns both modes
@@ -166,14 +168,17 @@ class LatentDDPMTrainConfig(TrainConfig):
 # Loading: defaults <- YAML <- command line
 
 
-def _check_type(key, value, hint):
-    """Return `value` converted to the type `hint`, or raise a UserError naming `key`."""
+def _check_type(key, value, hint, raw=None):
+    """Return `value` converted to the type `hint`, or raise a UserError naming `key`.
+    `raw` is the command-line text, kept for string options (YAML would read `no` as False)."""
     origin = typing.get_origin(hint)
     if origin is typing.Union:  # Optional[X]
         if value is None:
             return None
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
         origin = typing.get_origin(hint)
+    if hint is str and raw is not None and not isinstance(value, str):
+        return raw  # `--mixed_precision no` means "no", not YAML's False
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is float and isinstance(value, str):
@@ -189,6 +194,16 @@ def _check_type(key, value, hint):
     return value
 
 
+class _CommandLineValue(str):
+    """A value typed on the command line: parsed as YAML, except for string options."""
+
+    def parsed(self):
+        try:
+            return yaml.safe_load(self) if self != "" else None
+        except yaml.YAMLError:
+            return str(self)
+
+
 def _build(cls, values: dict, prefix=""):
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -200,12 +215,15 @@ def _build(cls, values: dict, prefix=""):
             hint = f"did you mean {prefix + guess[0]!r}? " if guess else ""
             raise UserError(f"unknown config key {full!r}; {hint}valid keys: {', '.join(prefix + n for n in names)}")
         hint = hints[key]
+        raw = None
+        if isinstance(value, _CommandLineValue):
+            raw, value = str(value), value.parsed()
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
                 raise UserError(f"{prefix + key} must be a mapping of options, got {value!r}")
             kwargs[key] = _build(hint, value, prefix + key + ".")
         else:
-            kwargs[key] = _check_type(prefix + key, value, hint)
+            kwargs[key] = _check_type(prefix + key, value, hint, raw)
     return cls(**kwargs)
 
 
@@ -247,11 +265,7 @@ def parse_config(cls, argv):
         if key == "config":
             values = _merge(values, _read_yaml(raw))
             continue
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            value = raw
-        _set_nested(overrides, key, value)
+        _set_nested(overrides, key, _CommandLineValue(raw))
     cfg = _build(cls, _merge(values, overrides))
     cfg.validate()
     return cfg

@@ -45,6 +45,7 @@ def test_unknown_key_in_yaml_file(tmp_path):
     (["--train_batch_size", "0"], "train_batch_size must be >= 1"),
     (["--learning_rate", "-1e-3"], "learning_rate must be > 0"),
     (["--mixed_precision", "fp8"], "mixed_precision must be one of no, fp16, bf16"),
+    (["--report_to", "off"], "report_to must be tensorboard or none"),
     (["--train_batch_size", "abc"], "train_batch_size expects int"),
     (["--max_train_steps", "1.5"], "max_train_steps expects int"),
     (["--lr_scheduler", "cosinus"], "lr_scheduler 'cosinus' is unknown"),
@@ -79,3 +80,12 @@ def test_resolved_config_is_written_without_the_token(tmp_path):
                                       ("latent_ddpm", LatentDDPMTrainConfig), ("latent_ddpm_quick", LatentDDPMTrainConfig)])
 def test_shipped_configs_are_valid(name, cls):
     parse_config(cls, ["--config", str(REPO / "configs" / f"{name}.yaml")])
+
+
+def test_string_options_keep_what_was_typed():
+    # YAML would read `no` as a boolean and 2024 as a number; these options are strings.
+    # Quoting still works, and null still means "not set" for optional ones.
+    cfg = parse_config(AutoencoderTrainConfig, ["--mixed_precision", "no", "--output_dir", "2024",
+                                                "--dataset", '"ylecun/mnist"', "--data_dir", "null"])
+    assert cfg.mixed_precision == "no" and cfg.output_dir == "2024"
+    assert cfg.dataset == "ylecun/mnist" and cfg.data_dir is None

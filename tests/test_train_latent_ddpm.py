@@ -189,3 +189,9 @@ def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(mnist_dir, tiny_aut
     from pipeline.training import checkpoint_is_complete
 
     assert checkpoint_is_complete(out / "checkpoint-10")
+
+
+def test_epsilon_with_cosine_schedule_is_warned_about(mnist_dir, tiny_autoencoder_run, tmp_path):
+    res = run_script("train_latent_ddpm.py", ddpm_args(mnist_dir, tiny_autoencoder_run, tmp_path / "eps", steps=1) +
+                     ["--prediction_type", "epsilon", "--save_images_steps", "100"])
+    assert "use --prediction_type v_prediction" in res.stdout + res.stderr

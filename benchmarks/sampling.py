@@ -1,0 +1,138 @@
+"""Sampling measurements, the same for both models: quality per sampler, speed, memory.
+
+A "sampler" here is any callable `sampler(batch_size, num_inference_steps, scheduler,
+generator) -> uint8 (N, 28, 28)` with a `device` attribute: `LatentSampler` below wraps the
+project's LatentDDPMPipeline, benchmarks/pixel_ddpm.PixelDDPM is the baseline. Both run
+under the same precision (bf16 autocast on CUDA, fp32 on CPU), eagerly (no torch.compile),
+and every timing waits for the GPU and includes moving the digits to the CPU.
+"""
+
+import time
+
+import numpy as np
+import torch
+
+from benchmarks.pixel_ddpm import autocast
+
+QUALITY_KEYS = ("fid", "precision", "recall", "kl_to_uniform", "mean_confidence", "num_samples")
+
+
+class LatentSampler:
+    """The project's pipeline, loaded from its folder as users load it, with a scheduler by name."""
+
+    def __init__(self, folder, device):
+        from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
+
+        self.pipe = LatentDDPMPipeline.from_pretrained(str(folder)).to(device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.device = self.pipe.device
+        self._copies = {}
+
+    def parameters(self):
+        return {"unet": sum(p.numel() for p in self.pipe.unet.parameters()),
+                "autoencoder": sum(p.numel() for p in self.pipe.autoencoder.parameters())}
+
+    def num_train_timesteps(self):
+        return self.pipe.scheduler.config.num_train_timesteps
+
+    def __call__(self, batch_size=1, num_inference_steps=20, scheduler="dpm", generator=None):
+        from pipeline.figures import with_scheduler  # "dpm": DPM-Solver++, trailing spacing; "ddpm": no clipping
+
+        if scheduler not in self._copies:
+            self._copies[scheduler] = with_scheduler(self.pipe, scheduler)
+        images = self._copies[scheduler](batch_size=batch_size, generator=generator, output_type="np",
+                                         num_inference_steps=num_inference_steps).images  # float (N, 28, 28, 1)
+        return np.clip(np.round(images[..., 0] * 255.0), 0, 255).astype(np.uint8)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_call(sampler, batch_size, steps, scheduler="dpm", seed=0):
+    """(digits, seconds) of one sampler call."""
+    generator = torch.Generator(sampler.device).manual_seed(seed)
+    _sync(sampler.device)
+    start = time.perf_counter()
+    with autocast(sampler.device):
+        digits = sampler(batch_size=batch_size, num_inference_steps=steps, scheduler=scheduler, generator=generator)
+    _sync(sampler.device)
+    return digits, time.perf_counter() - start
+
+
+def largest_batch(sampler, start_batch, steps):
+    """Speed at the largest batch that fits, trying `start_batch` and halving on out-of-memory."""
+    cuda = sampler.device.type == "cuda"
+    batch = start_batch
+    while batch >= 1:
+        try:
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(sampler.device)
+            timed_call(sampler, batch, 2)  # warm-up at this size (kernels, allocator)
+            _, seconds = timed_call(sampler, batch, steps)
+            return {"batch_size": batch, "num_inference_steps": steps, "scheduler": "dpm", "seconds": seconds,
+                    "digits_per_s": batch / seconds,
+                    "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(sampler.device) if cuda else None}
+        except torch.cuda.OutOfMemoryError:
+            print(f"batch {batch} does not fit; halving", flush=True)
+            batch //= 2
+    raise RuntimeError("not even one digit fits in memory")
+
+
+def sample_many(sampler, num_samples, batch_size, steps, scheduler, seed=0):
+    """(uint8 digits, seconds): `num_samples` digits in batches, from one generator seeded once."""
+    generator = torch.Generator(sampler.device).manual_seed(seed)
+    out = []
+    _sync(sampler.device)
+    start = time.perf_counter()
+    with autocast(sampler.device):
+        for first in range(0, num_samples, batch_size):
+            n = min(batch_size, num_samples - first)
+            out.append(sampler(batch_size=n, num_inference_steps=steps, scheduler=scheduler, generator=generator))
+    _sync(sampler.device)
+    return np.concatenate(out), time.perf_counter() - start
+
+
+def quality(sampler, runs, batch_size, classifier, reference, seed=0):
+    """Score each (scheduler, steps, num_samples) run; return ({"dpm_20": scores, ...}, {run: first 100 digits})."""
+    from pipeline.metrics import score_digits
+
+    results, grids = {}, {}
+    for scheduler, steps, num_samples in runs:
+        key = f"{scheduler}_{steps}"
+        digits, seconds = sample_many(sampler, num_samples, min(batch_size, num_samples), steps, scheduler, seed)
+        scores = score_digits(digits, classifier, reference)
+        results[key] = {k: scores[k] for k in QUALITY_KEYS}
+        results[key].update(scheduler=scheduler, num_inference_steps=steps, batch_size=min(batch_size, num_samples),
+                            sampling_seconds=seconds, digits_per_s=num_samples / seconds,
+                            class_histogram=scores["class_histogram"])
+        grids[key] = digits[:100]
+        print(f"{key}: FID {scores['fid']:.3g}, precision {scores['precision']:.3f}, recall {scores['recall']:.3f} "
+              f"({num_samples} digits in {seconds:.1f} s)", flush=True)
+    return results, grids
+
+
+def batch_sweep(sampler, batch_sizes, steps, max_batch):
+    """Seconds per call and digits/s at each batch size (up to the largest that fits), `steps` DPM-Solver++ steps."""
+    rows = []
+    for batch in batch_sizes:
+        if batch > max_batch:
+            rows.append({"batch_size": batch, "seconds": None, "digits_per_s": None,
+                         "note": "above the largest batch that fits"})
+            continue
+        timed_call(sampler, batch, 2)  # warm-up
+        _, seconds = timed_call(sampler, batch, steps)
+        rows.append({"batch_size": batch, "num_inference_steps": steps, "seconds": seconds,
+                     "digits_per_s": batch / seconds})
+    return rows
+
+
+def measure(sampler, profile, classifier, reference, seed=0):
+    """Everything the benchmark reports about one model's sampling; returns (results, sample grid digits)."""
+    speed = largest_batch(sampler, profile["max_batch"], profile["throughput_steps"])
+    runs = [("dpm", s, profile["num_samples"]) for s in profile["dpm_steps"]]
+    runs.append(("ddpm", sampler.num_train_timesteps(), profile["ddpm_samples"]))
+    scores, grids = quality(sampler, runs, speed["batch_size"], classifier, reference, seed)
+    return {"throughput": speed, "quality": scores}, grids[f"dpm_{profile['throughput_steps']}"]

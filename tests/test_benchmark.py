@@ -1,0 +1,138 @@
+"""benchmarks/: the GPU benchmark of issue 4, smoke-tested on a CPU.
+
+`run_benchmark.py --quick` runs end to end with tiny models (about a minute, plus one judge
+classifier training when the session's private cache has none), its outputs carry every
+number the README table needs and are unmistakably marked as a smoke test; `--merge` joins
+split runs; and the baseline's sampler returns a digit exactly when given an exact denoiser.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+
+QUALITY = {"dpm_10", "dpm_20", "dpm_50", "ddpm_100"}  # --quick trains with 100 noise levels, not 1000
+SCORE_KEYS = {"fid", "precision", "recall", "num_samples", "sampling_seconds", "digits_per_s", "batch_size"}
+
+
+def run_benchmark(*args):
+    # The environment carries conftest's private cache and HF_HUB_OFFLINE into the child.
+    proc = subprocess.run([sys.executable, "benchmarks/run_benchmark.py", *map(str, args)], cwd=REPO,
+                          env=dict(os.environ), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def quick_run(mnist_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    run_benchmark("--quick", "--output", out / "results", "--work_dir", out / "work", "--data_dir", mnist_dir,
+                  "--name", "smoke")
+    return out / "results"
+
+
+def check_sampling(sampling, max_batch=64):
+    assert set(sampling["quality"]) == QUALITY
+    for key, q in sampling["quality"].items():
+        assert SCORE_KEYS <= q.keys(), key
+        assert q["num_samples"] == (16 if key.startswith("ddpm") else 64)
+        assert np.isfinite(q["fid"]) and 0 <= q["precision"] <= 1 and 0 <= q["recall"] <= 1
+    speed = sampling["throughput"]
+    assert speed["batch_size"] == max_batch and speed["digits_per_s"] > 0 and speed["num_inference_steps"] == 20
+
+
+def test_quick_run_writes_marked_results(quick_run):
+    name = "quick-smoke"  # --quick puts "quick-" in front of any name
+    r = json.loads((quick_run / f"{name}.json").read_text())
+    assert r["quick"] is True and "not a benchmark" in r["note"]
+    assert {"name", "created", "command", "git_commit", "git_dirty", "hardware", "settings", "real_data_floor",
+            "project", "baseline"} <= r.keys()
+    assert "--quick" in r["command"] and r["command"].startswith("python benchmarks/run_benchmark.py")
+    assert {"gpu", "cuda", "torch", "diffusers", "accelerate", "python"} <= r["hardware"].keys()
+    assert r["judge"]["test_accuracy"] >= 0.99 and len(r["judge"]["fingerprint"]) == 40
+    assert r["hardware"]["gpu"] is None or torch.cuda.is_available()
+
+    t = r["project"]["training"]
+    for stage in ("autoencoder", "latent_ddpm"):
+        assert t[stage]["train_seconds"] > 0 and t[stage]["items_per_s"] > 0 and t[stage]["steps"] == 20
+        assert t[stage]["wall_seconds"] >= t[stage]["train_seconds"]
+        assert t[stage]["command"].startswith(f"python train_{stage}.py --config configs/")
+        assert "--eval_num_samples 0" in t[stage]["command"] or stage == "autoencoder"
+    assert t["train_seconds"] == pytest.approx(t["autoencoder"]["train_seconds"] + t["latent_ddpm"]["train_seconds"])
+    check_sampling(r["project"]["sampling"])
+    assert [row["batch_size"] for row in r["project"]["sampling"]["batch_sweep"]] == [1, 8, 64]
+
+    b = r["baseline"]["training"]  # trained for the project's time: the loop stops at the first step past it
+    assert t["train_seconds"] <= b["train_seconds"] < t["train_seconds"] + 30 and b["steps"] >= 1
+    assert b["images_per_s"] > 0 and b["hyperparameters"]["unet"]["block_out_channels"] == [8, 16, 16]
+    check_sampling(r["baseline"]["sampling"])
+
+    md = (quick_run / f"{name}.md").read_text()
+    assert md.startswith("# SMOKE TEST, NOT A BENCHMARK")
+    for label in ("training time", "training throughput", "DPM-Solver++ 10 steps", "DDPM 100 steps",
+                  "sampling throughput", "peak GPU memory", "Real-data floor", "time vs batch size"):
+        assert label in md, label
+    with np.load(quick_run / f"{name}_samples.npz") as z:
+        assert set(z.files) == {"project", "baseline"}
+        assert z["project"].shape == z["baseline"].shape == (64, 28, 28) and z["project"].dtype == np.uint8
+    for png in ("project", "baseline", "side_by_side"):
+        assert imageio.imread(quick_run / f"{name}_{png}.png").ndim == 2
+
+
+def test_merge_joins_split_runs(quick_run, tmp_path):
+    """Runs made with --only project / --only baseline (a time-limited GPU) merge into one report."""
+    whole = json.loads((quick_run / "quick-smoke.json").read_text())
+    for part, drop in (("project", "baseline"), ("baseline", "project")):
+        (tmp_path / f"gpu-{part}.json").write_text(json.dumps({k: v for k, v in whole.items() if k != drop}))
+        shutil.copy(quick_run / "quick-smoke_samples.npz", tmp_path / f"gpu-{part}_samples.npz")
+    run_benchmark("--merge", tmp_path / "gpu-project.json", tmp_path / "gpu-baseline.json", "--output", tmp_path / "out")
+    merged = json.loads((tmp_path / "out" / "quick-gpu.json").read_text())  # a quick part keeps the mark
+    assert merged["quick"] and merged["project"] == whole["project"] and merged["baseline"] == whole["baseline"]
+    assert len(merged["parts"]) == 2
+
+    other = json.loads((tmp_path / "gpu-baseline.json").read_text())  # a half scored by another judge
+    other["judge"]["fingerprint"] = "0" * 40
+    (tmp_path / "gpu-baseline.json").write_text(json.dumps(other))
+    proc = subprocess.run([sys.executable, "benchmarks/run_benchmark.py", "--merge", tmp_path / "gpu-project.json",
+                           tmp_path / "gpu-baseline.json", "--output", tmp_path / "bad"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0 and "different judge" in proc.stderr
+    assert (tmp_path / "out" / "quick-gpu.md").read_text().startswith("# SMOKE TEST")
+    assert (tmp_path / "out" / "quick-gpu_side_by_side.png").is_file()
+
+
+class ExactDenoiser(torch.nn.Module):
+    """The ideal epsilon-prediction for a data set of one image: what a perfect UNet would output."""
+
+    def __init__(self, target, alphas_cumprod):
+        super().__init__()
+        self.target, self.alphas_cumprod, self.device = target, alphas_cumprod, torch.device("cpu")
+
+    def forward(self, x, t):
+        abar = self.alphas_cumprod[int(t)]
+        return SimpleNamespace(sample=(x - abar.sqrt() * self.target) / (1 - abar).sqrt())
+
+
+@pytest.mark.parametrize("scheduler,steps", [("dpm", 10), ("ddpm", 1000)])
+def test_pixel_sampler_returns_the_digit_an_exact_denoiser_knows(mnist_dir, scheduler, steps):
+    from diffusers import DDPMScheduler
+
+    from benchmarks.pixel_ddpm import PixelDDPM
+    from pipeline.data import load_idx_folder, to_model_input
+
+    digit = load_idx_folder(mnist_dir, "test")[0][:1]  # uint8 (1, 28, 28)
+    train_scheduler = DDPMScheduler(num_train_timesteps=1000)
+    sampler = PixelDDPM(ExactDenoiser(to_model_input(digit), train_scheduler.alphas_cumprod), train_scheduler)
+    out = sampler(batch_size=2, num_inference_steps=steps, scheduler=scheduler,
+                  generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 28, 28) and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - digit.astype(int)).max() <= 2  # cropped back to the 28x28 digit
