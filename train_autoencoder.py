@@ -10,14 +10,12 @@ tsne_batch.png, tsne_test.png, loss.png, training_config.yaml and TensorBoard lo
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
-from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from pipeline import training, visualisation
@@ -65,14 +63,7 @@ def main(argv):
 
     # 2. Model, optimizer, schedule.
     model = CABAutoencoder(**vars(cfg.autoencoder))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  weight_decay=cfg.adam_weight_decay, fused=torch.cuda.is_available())
-    warmup, total = training.num_schedule_steps(cfg, accelerator)
-    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total)
-    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
-    train_model = torch.compile(model) if cfg.compile else model
-    if cfg.report_to != "none":
-        training.init_trackers(accelerator, cfg, "autoencoder")
+    model, train_model, optimizer, lr_scheduler = training.prepare(accelerator, cfg, model, "autoencoder")
 
     # 3. Resume, then train to exactly max_train_steps.
     step = training.resume(accelerator, cfg)
@@ -80,47 +71,30 @@ def main(argv):
                                 accelerator.process_index, accelerator.num_processes)
     loss_log = training.LossLog(out / "loss.csv", step, accelerator.is_main_process)
     stop = training.StopRequest()
-    loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
-    first_bad = torch.full((), -1, device=accelerator.device)
+    meter = training.LossMeter(accelerator, cfg, step)
     bar = tqdm(total=cfg.max_train_steps, initial=step, disable=not accelerator.is_main_process, desc="autoencoder")
-    start_time, start_step = time.time(), step
     while step < cfg.max_train_steps:
         model.train()
         for micro in range(cfg.gradient_accumulation_steps):
             x = train_x[order(step * cfg.gradient_accumulation_steps + micro)]
             with accelerator.accumulate(model), accelerator.autocast():
                 loss = F.mse_loss(train_model(x).float(), x)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                training.optimizer_step(accelerator, model, optimizer, lr_scheduler, loss, cfg.max_grad_norm)
         step += 1
         bar.update(1)
-        loss = loss.detach()
-        first_bad = training.track_non_finite(first_bad, loss, step)
-        loss_sum, loss_count = loss_sum + loss, loss_count + 1
+        meter.add(loss, step)
 
         if step % cfg.logging_steps == 0 or step == cfg.max_train_steps:
-            training.check_finite(accelerator, first_bad)
-            mean_loss = accelerator.reduce(loss_sum, reduction="mean") / loss_count
-            logs = {"loss": mean_loss.item(), "lr": lr_scheduler.get_last_lr()[0],
-                    "images_per_s": (step - start_step) * cfg.train_batch_size * accelerator.num_processes
-                    * cfg.gradient_accumulation_steps / (time.time() - start_time)}
-            loss_sum, loss_count = torch.zeros_like(loss_sum), 0
+            mean_loss, rate = meter.summary(step)
+            logs = {"loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0], "images_per_s": rate}
             if step % cfg.validation_steps == 0 or step == cfg.max_train_steps:
                 logs["val_psnr"] = validate(accelerator, model, held_out, step)
             accelerator.log(logs, step=step)
-            loss_log.add(step, logs["loss"])
-            bar.set_postfix(loss=f"{logs['loss']:.4g}")
-        if step % cfg.checkpointing_steps == 0 or stop.requested(accelerator):
-            training.check_finite(accelerator, first_bad)
-            ckpt = training.save_checkpoint(accelerator, out, step, cfg.checkpoints_total_limit)
-            if stop.signum:
-                training.exit_after_signal(accelerator, ckpt, stop.signum)
+            loss_log.add(step, mean_loss)
+            bar.set_postfix(loss=f"{mean_loss:.4g}")
+        training.checkpoint_if_due(accelerator, cfg, step, stop, meter)
     bar.close()
-    training.check_finite(accelerator, first_bad)
+    meter.check()
     training.check_replicas_in_sync(accelerator, model)
 
     # 4. Save the model with its latent scaling, then measure and draw.

@@ -10,14 +10,12 @@ samples.png, denoising.png, grid_diffusion.gif, loss.png and TensorBoard logs.
 
 import logging
 import os
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
 from diffusers import UNet2DModel
-from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
 from tqdm.auto import tqdm
 
@@ -103,14 +101,7 @@ def main(argv):
                        power=cfg.ema_power, model_cls=UNet2DModel, model_config=unet.config)
         ema.to(accelerator.device)
         register_ema_hooks(accelerator, ema)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  weight_decay=cfg.adam_weight_decay, fused=torch.cuda.is_available())
-    warmup, total = training.num_schedule_steps(cfg, accelerator)
-    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total)
-    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
-    train_unet = torch.compile(unet) if cfg.compile else unet
-    if cfg.report_to != "none":
-        training.init_trackers(accelerator, cfg, "latent_ddpm")
+    unet, train_unet, optimizer, lr_scheduler = training.prepare(accelerator, cfg, unet, "latent_ddpm")
 
     # 3. Resume, then train to exactly max_train_steps.
     step = training.resume(accelerator, cfg)
@@ -118,10 +109,8 @@ def main(argv):
                                 accelerator.process_index, accelerator.num_processes)
     loss_log = training.LossLog(out / "loss.csv", step, accelerator.is_main_process)
     stop = training.StopRequest()
-    loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
-    first_bad = torch.full((), -1, device=accelerator.device)
+    meter = training.LossMeter(accelerator, cfg, step)
     bar = tqdm(total=cfg.max_train_steps, initial=step, disable=not accelerator.is_main_process, desc="latent ddpm")
-    start_time, start_step = time.time(), step
     while step < cfg.max_train_steps:
         unet.train()
         for micro in range(cfg.gradient_accumulation_steps):
@@ -131,41 +120,26 @@ def main(argv):
             with accelerator.accumulate(unet), accelerator.autocast():
                 loss = loss_fn(cfg, noise_scheduler, train_unet, latents[idx],
                                None if labels is None else labels[idx], gen)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                training.optimizer_step(accelerator, unet, optimizer, lr_scheduler, loss, cfg.max_grad_norm)
         if ema is not None:
             ema.step(unet.parameters())
         step += 1
         bar.update(1)
-        loss = loss.detach()
-        first_bad = training.track_non_finite(first_bad, loss, step)
-        loss_sum, loss_count = loss_sum + loss, loss_count + 1
+        meter.add(loss, step)
 
         if step % cfg.logging_steps == 0 or step == cfg.max_train_steps:
-            training.check_finite(accelerator, first_bad)
-            logs = {"loss": (accelerator.reduce(loss_sum, reduction="mean") / loss_count).item(),
-                    "lr": lr_scheduler.get_last_lr()[0],
-                    "latents_per_s": (step - start_step) * cfg.train_batch_size * accelerator.num_processes
-                    * cfg.gradient_accumulation_steps / (time.time() - start_time)}
+            mean_loss, rate = meter.summary(step)
+            logs = {"loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0], "latents_per_s": rate}
             if ema is not None:
                 logs["ema_decay"] = ema.cur_decay_value
-            loss_sum, loss_count = torch.zeros_like(loss_sum), 0
             accelerator.log(logs, step=step)
-            loss_log.add(step, logs["loss"])
-            bar.set_postfix(loss=f"{logs['loss']:.4g}")
+            loss_log.add(step, mean_loss)
+            bar.set_postfix(loss=f"{mean_loss:.4g}")
         if step % cfg.save_images_steps == 0 and accelerator.is_main_process:
             log_samples(accelerator, cfg, unet, ema, autoencoder, noise_scheduler, step)
-        if step % cfg.checkpointing_steps == 0 or stop.requested(accelerator):
-            training.check_finite(accelerator, first_bad)
-            ckpt = training.save_checkpoint(accelerator, out, step, cfg.checkpoints_total_limit)
-            if stop.signum:
-                training.exit_after_signal(accelerator, ckpt, stop.signum)
+        training.checkpoint_if_due(accelerator, cfg, step, stop, meter)
     bar.close()
-    training.check_finite(accelerator, first_bad)
+    meter.check()
     training.check_replicas_in_sync(accelerator, unet)
 
     # 4. The pipeline folder, pictures and model card (main process), then the upload.
@@ -230,11 +204,14 @@ def finish(pipe, cfg, out, loss_log):
     from pipeline.export import push_folder, save_pipeline_folder
     from pipeline.figures import pipeline_figures
 
+    # The trained model is saved before anything that could fail (pictures, evaluation).
+    save_pipeline_folder(pipe, out, dataset=cfg.dataset)
+    print(f"pipeline saved to {out}")
     pipe.set_progress_bar_config(disable=True)
     loss_log.plot(out / "loss.png", f"latent diffusion loss ({cfg.prediction_type})")
     metrics = pipeline_figures(pipe, cfg, out)
+    # Again, now with the sample grid and the measured metrics in the model card.
     save_pipeline_folder(pipe, out, metrics=metrics, sample_grid_path=str(out / "samples.png"), dataset=cfg.dataset)
-    print(f"pipeline saved to {out}")
     if cfg.push_to_hub:
         url = push_folder(out, cfg.hub_model_id, token=cfg.hub_token, private=cfg.hub_private_repo)
         print(f"pushed to {url}")

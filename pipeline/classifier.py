@@ -95,6 +95,7 @@ def accuracy(classifier, images, labels) -> float:
     return float((logits.argmax(1) == np.asarray(labels)).mean())
 
 
+@torch.enable_grad()  # callers may be inside no_grad (e.g. scoring at the end of training)
 def train_classifier(images, labels, device="cpu", epochs=2, batch_size=128, max_lr=5e-3,
                      seed=TRAIN_SEED) -> DigitClassifier:
     """Adam with a one-cycle schedule; no augmentation needed for >99% on MNIST."""

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import torch
@@ -108,9 +109,69 @@ def step_generator(seed, step, rank, device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 1009 + rank)
 
 
-def num_schedule_steps(cfg, accelerator):
+def prepare(accelerator, cfg, model, tracker_name):
+    """AdamW (fused on CUDA) with warmup + decay, wrapped by Accelerate; trackers started.
+    Returns (model, model to call in the training loop, optimizer, lr_scheduler)."""
+    from diffusers.optimization import get_scheduler
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=cfg.adam_weight_decay, fused=torch.cuda.is_available())
     # Accelerate steps a prepared LR scheduler once per process per optimizer step.
-    return cfg.lr_warmup_steps * accelerator.num_processes, cfg.max_train_steps * accelerator.num_processes
+    n = accelerator.num_processes
+    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * n,
+                                 num_training_steps=cfg.max_train_steps * n)
+    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    if cfg.report_to != "none":
+        init_trackers(accelerator, cfg, tracker_name)
+    return model, (torch.compile(model) if cfg.compile else model), optimizer, lr_scheduler
+
+
+def optimizer_step(accelerator, model, optimizer, lr_scheduler, loss, max_grad_norm):
+    """Backward, clip on the synchronising micro-step, step; Accelerate skips the step itself
+    on accumulation micro-steps."""
+    accelerator.backward(loss)
+    if accelerator.sync_gradients:
+        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+class LossMeter:
+    """The running loss, kept on the device so the hot loop never waits for the GPU;
+    summarised (averaged over steps and processes) only when logging."""
+
+    def __init__(self, accelerator, cfg, start_step):
+        self.accelerator = accelerator
+        self.items_per_step = cfg.train_batch_size * accelerator.num_processes * cfg.gradient_accumulation_steps
+        self.sum, self.count = torch.zeros((), device=accelerator.device), 0
+        self.first_bad = torch.full((), -1, device=accelerator.device)
+        self.start_time, self.start_step = time.time(), start_step
+
+    def add(self, loss, step):
+        loss = loss.detach().float()
+        self.first_bad = track_non_finite(self.first_bad, loss, step)
+        self.sum, self.count = self.sum + loss, self.count + 1
+
+    def check(self):
+        check_finite(self.accelerator, self.first_bad)
+
+    def summary(self, step):
+        """(mean loss since the last summary over all processes, items per second so far)."""
+        self.check()
+        mean = (self.accelerator.reduce(self.sum, reduction="mean") / max(self.count, 1)).item()
+        self.sum, self.count = torch.zeros_like(self.sum), 0
+        rate = (step - self.start_step) * self.items_per_step / (time.time() - self.start_time)
+        return mean, rate
+
+
+def checkpoint_if_due(accelerator, cfg, step, stop, meter):
+    """Save every `checkpointing_steps`, and on SIGTERM/SIGINT save and exit."""
+    if step % cfg.checkpointing_steps == 0 or stop.requested(accelerator):
+        meter.check()  # never checkpoint NaN weights
+        ckpt = save_checkpoint(accelerator, cfg.output_dir, step, cfg.checkpoints_total_limit)
+        if stop.signum:
+            exit_after_signal(accelerator, ckpt, stop.signum)
 
 
 # ---------------------------------------------------------------------------------------

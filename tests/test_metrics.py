@@ -203,3 +203,13 @@ def test_evaluate_rejects_a_folder_that_is_no_model(tmp_path):
         main(["--pipeline", str(tmp_path)])
     with pytest.raises(UserError, match="is not a folder"):
         main(["--pipeline", str(tmp_path / "missing")])
+
+
+def test_classifier_trains_inside_no_grad(mnist_dir):
+    # Scoring at the end of training runs under torch.no_grad(); a first-time judge must still train.
+    from pipeline.classifier import train_classifier
+
+    images, labels = load_digits("train", data_dir=mnist_dir)
+    with torch.no_grad():
+        model = train_classifier(images[:512], labels[:512], epochs=1, batch_size=128)
+    assert not model.training

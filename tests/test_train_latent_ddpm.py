@@ -34,11 +34,25 @@ def assert_same_weights(a, b):
         assert (a[k] == b[k]).all(), f"{k} differs"
 
 
+FAKE_TOKEN = "hf_NotARealTokenForTests1234567890"
+RUN_OUTPUT = {}
+
+
 @pytest.fixture(scope="module")
 def ddpm_run(mnist_dir, tiny_autoencoder_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "ddpm"
-    run_script("train_latent_ddpm.py", ddpm_args(mnist_dir, tiny_autoencoder_run, out))
+    res = run_script("train_latent_ddpm.py", ddpm_args(mnist_dir, tiny_autoencoder_run, out) +
+                     ["--hub_token", FAKE_TOKEN])  # given but unused: no push
+    RUN_OUTPUT["log"] = res.stdout + res.stderr
     return out
+
+
+def test_hub_token_is_never_written_or_printed(ddpm_run):
+    assert FAKE_TOKEN not in RUN_OUTPUT["log"]
+    files = [p for p in ddpm_run.rglob("*") if p.is_file()]
+    assert any("tfevents" in p.name for p in files)  # TensorBoard hparams are among the files searched
+    for p in files:
+        assert FAKE_TOKEN.encode() not in p.read_bytes(), f"token found in {p}"
 
 
 def test_run_leaves_a_pipeline_folder_and_pictures(ddpm_run):
