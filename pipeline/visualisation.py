@@ -108,8 +108,10 @@ def denoising_strip(frames, path, num_columns=10, num_rows=8):
     save_grid(grid, path, nrow=len(idx))
 
 
-def grid_gif(frames, path, nrow=None, fps=12, hold_last=12, scale=3):
-    """A grid of digits being denoised, one frame per sampling step."""
-    imgs = [np.kron(tile(f, nrow), np.ones((scale, scale), np.uint8)) for f in frames]
-    imgs += [imgs[-1]] * hold_last  # pause on the result before looping
+def grid_gif(frames, path, nrow=None, fps=8, hold_last=8, scale=2, max_frames=25):
+    """A grid of digits being denoised: up to `max_frames` evenly spaced steps, x_T first,
+    then a pause on the result (noisy frames compress badly, so fewer keep the file small)."""
+    idx = np.unique(np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int))
+    imgs = [np.kron(tile(frames[i], nrow), np.ones((scale, scale), np.uint8)) for i in idx]
+    imgs += [imgs[-1]] * hold_last
     imageio.mimsave(path, imgs, duration=1.0 / fps, loop=0)
