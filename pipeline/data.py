@@ -12,6 +12,7 @@ The model sees 32x32 images in [-1, 1] (28x28 digits padded with background), so
 4x-downsampling autoencoder gives 8x8 latents; `to_digits` undoes that.
 """
 
+import functools
 import gzip
 import hashlib
 import logging
@@ -146,18 +147,27 @@ def _hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
+@functools.lru_cache(maxsize=None)
+def _hub_unreachable(endpoint):
+    """Why the Hub cannot be reached, or "" if it answers. A quick probe, asked once per
+    process, so an offline machine does not wait minutes on retries for every split."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=HUB_PROBE_TIMEOUT_S)
+    except urllib.error.HTTPError:
+        pass  # the server answered, which is all we wanted to know
+    except Exception as e:
+        return str(e) or type(e).__name__
+    return ""
+
+
 def _from_hub(dataset, split, cache):
     if _hub_offline():
         log.info("HF_HUB_OFFLINE is set: not trying the Hub for %s", dataset)
         return None
     from huggingface_hub import constants
-    try:  # a quick probe, so an offline machine does not wait minutes on retries
-        urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"),
-                               timeout=HUB_PROBE_TIMEOUT_S)
-    except urllib.error.HTTPError:
-        pass  # the server answered, which is all we wanted to know
-    except Exception as e:
-        log.info("Hub %s unreachable (%s): looking for a local copy of %s", constants.ENDPOINT, e, dataset)
+    problem = _hub_unreachable(constants.ENDPOINT)
+    if problem:
+        log.info("Hub %s unreachable (%s): looking for a local copy of %s", constants.ENDPOINT, problem, dataset)
         return None
     try:
         import datasets
