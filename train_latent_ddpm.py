@@ -213,7 +213,12 @@ def finish(pipe, cfg, out, loss_log):
     # Again, now with the sample grid and the measured metrics in the model card.
     save_pipeline_folder(pipe, out, metrics=metrics, sample_grid_path=str(out / "samples.png"), dataset=cfg.dataset)
     if cfg.push_to_hub:
-        url = push_folder(out, cfg.hub_model_id, token=cfg.hub_token, private=cfg.hub_private_repo)
+        try:
+            url = push_folder(out, cfg.hub_model_id, token=cfg.hub_token, private=cfg.hub_private_repo)
+        except Exception as e:  # network, auth, permissions: the trained pipeline is safe on disk
+            raise UserError(f"upload to {cfg.hub_model_id} failed ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                            f"the pipeline in {out} is complete: upload it later with "
+                            f"`huggingface-cli upload {cfg.hub_model_id} {out}` or re-run with --push_to_hub")
         print(f"pushed to {url}")
 
 

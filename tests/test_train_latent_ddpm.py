@@ -1,6 +1,7 @@
 """train_latent_ddpm.py end to end, resume after kill -9 / SIGTERM, and its input checks."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -209,3 +210,14 @@ def test_epsilon_with_cosine_schedule_is_warned_about(mnist_dir, tiny_autoencode
     res = run_script("train_latent_ddpm.py", ddpm_args(mnist_dir, tiny_autoencoder_run, tmp_path / "eps", steps=1) +
                      ["--prediction_type", "epsilon", "--save_images_steps", "100"])
     assert "use --prediction_type v_prediction" in res.stdout + res.stderr
+
+
+def test_push_to_hub_without_network_fails_cleanly_and_keeps_the_pipeline(mnist_dir, tiny_autoencoder_run, tmp_path):
+    out = tmp_path / "push"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    res = run_script("train_latent_ddpm.py", ddpm_args(mnist_dir, tiny_autoencoder_run, out, steps=1) +
+                     ["--push_to_hub", "true", "--hub_model_id", "someone/latent-digits", "--hub_token", FAKE_TOKEN,
+                      "--save_images_steps", "100"], env=env, check=False)
+    assert res.returncode == 2 and "upload to someone/latent-digits failed" in res.stderr
+    assert "Traceback" not in res.stderr and FAKE_TOKEN not in res.stdout + res.stderr
+    assert (out / "model_index.json").is_file() and (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
