@@ -1,6 +1,6 @@
 """The judge: a small CNN digit classifier whose features score generated digits.
 
-`get_classifier` trains it once per dataset (fixed seed, two epochs, about 20 s on two
+`get_classifier` trains it once per dataset (fixed seed, two epochs, 20 to 75 s on two
 CPU cores), checks it on the test split, and caches it under
 `cache_dir("classifier", <dataset key>)` with `save_pretrained` (config.json +
 safetensors) next to `accuracy.json`. Later calls just load it. A judge that is not

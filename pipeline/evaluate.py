@@ -12,6 +12,12 @@ classifier (pipeline/classifier.py), trained once and cached.
 For a CABAutoencoder folder (config.json, no model_index.json) it reports PSNR/SSIM of
 reconstructions over the whole test split instead (metrics.json: psnr, ssim, num_images).
 
+With `--guidance_scales 1,2,3,5` (class-conditional pipelines only) it sweeps classifier-free
+guidance instead: per scale, digits of every class in equal numbers, their FID / precision /
+recall and class accuracy (does the judge see the requested class?), into guidance.json and
+guidance.png (see pipeline/guidance.py). Without it, a class-conditional pipeline is scored on
+unconditional samples (the null label), like any other.
+
 Same seed, same settings, same device => same samples and the same scores.
 In-process (e.g. at the end of training): `evaluate_pipeline(pipe, output_dir, ...)` and
 `evaluate_autoencoder(autoencoder, output_dir, ...)` do the same and return the metrics.
@@ -46,10 +52,16 @@ def parse_args(argv):
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--dataset", default="ylecun/mnist", help="the dataset the model was trained on (picks the judge)")
     p.add_argument("--data_dir", default=None, help="folder with the four IDX files, if the Hub is unreachable")
+    p.add_argument("--guidance_scales", default=None, metavar="1,2,3,5",
+                   help="class-conditional pipelines: sweep these classifier-free guidance scales "
+                        "(class accuracy and FID per scale, guidance.json and guidance.png)")
     args = p.parse_args(argv)
     for name in ("num_samples", "num_inference_steps", "batch_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be a positive integer; got {getattr(args, name)}")
+    if args.guidance_scales is not None:
+        from pipeline.guidance import parse_scales
+        args.guidance_scales = parse_scales(args.guidance_scales)
     return args
 
 
@@ -99,14 +111,18 @@ def load_pipeline(path: Path, device):
     return pipe.to(device)
 
 
-def sample_digits(pipe, num_samples, batch_size, num_inference_steps, seed) -> np.ndarray:
-    """uint8 (N, 28, 28): batches drawn in order from one generator seeded once on the pipeline's device."""
+def sample_digits(pipe, num_samples, batch_size, num_inference_steps, seed, class_labels=None,
+                  guidance_scale=1.0) -> np.ndarray:
+    """uint8 (N, 28, 28): batches drawn in order from one generator seeded once on the pipeline's device.
+    `class_labels` (N ints; class-conditional pipelines only) go out batch by batch, with `guidance_scale`."""
     generator = torch.Generator(device=pipe.device).manual_seed(seed)
     out = []
     for start in range(0, num_samples, batch_size):
         n = min(batch_size, num_samples - start)
+        labels = {} if class_labels is None else dict(class_labels=class_labels[start:start + n],
+                                                       guidance_scale=guidance_scale)
         images = pipe(batch_size=n, generator=generator, num_inference_steps=num_inference_steps,
-                      output_type="np").images  # float32 (n, 28, 28, 1) in [0, 1]
+                      output_type="np", **labels).images  # float32 (n, 28, 28, 1) in [0, 1]
         out.append(np.clip(np.round(images[..., 0] * 255.0), 0, 255).astype(np.uint8))
         print(f"sampled {start + n}/{num_samples}", flush=True)
     return np.concatenate(out)
@@ -198,6 +214,9 @@ def main(argv=None):
     args = parse_args(argv)
     path = Path(args.pipeline).expanduser()
     kind = model_kind(path)
+    if args.guidance_scales is not None and kind == "autoencoder":
+        raise UserError(f"--guidance_scales applies to class-conditional pipelines, but {path} is an autoencoder; "
+                        "drop --guidance_scales")
     device = pick_device(args.device)
     out = Path(args.output_dir).expanduser() if args.output_dir else path / "eval"
     if kind == "autoencoder":
@@ -206,10 +225,13 @@ def main(argv=None):
                                     dataset=args.dataset, data_dir=args.data_dir)
     if args.num_samples < MIN_SAMPLES:  # before loading anything
         raise UserError(f"--num_samples {args.num_samples} is too few to score; use at least {MIN_SAMPLES}")
-    return evaluate_pipeline(load_pipeline(path, device), out, num_samples=args.num_samples,
-                             num_inference_steps=args.num_inference_steps, scheduler=args.scheduler,
-                             seed=args.seed, batch_size=args.batch_size, dataset=args.dataset,
-                             data_dir=args.data_dir)
+    settings = dict(num_samples=args.num_samples, num_inference_steps=args.num_inference_steps,
+                    scheduler=args.scheduler, seed=args.seed, batch_size=args.batch_size, dataset=args.dataset,
+                    data_dir=args.data_dir)
+    if args.guidance_scales is not None:
+        from pipeline.guidance import guidance_sweep
+        return guidance_sweep(load_pipeline(path, device), out, args.guidance_scales, **settings)
+    return evaluate_pipeline(load_pipeline(path, device), out, **settings)
 
 
 if __name__ == "__main__":

@@ -29,14 +29,14 @@ def pipeline_figures(pipe, cfg, out) -> dict:
 
     # A 10x10 grid with the fast solver users will sample with.
     fast = with_scheduler(pipe, "dpm")
-    kwargs = {"class_labels": list(range(10)) * 10, "guidance_scale": 3.0} if cfg.conditioning == "class" else {}
+    kwargs = {"class_labels": list(range(10)) * 10, "guidance_scale": 1.5} if cfg.conditioning == "class" else {}
     grid = fast(batch_size=100, generator=gen, num_inference_steps=cfg.num_inference_steps, output_type="np",
                 **kwargs).images
     visualisation.save_grid(grid, out / "samples.png", nrow=10)
 
     # x_T -> x_0 with DDIM-50: enough frames for a smooth strip and GIF, cheap on a CPU.
     ddim = with_scheduler(pipe, "ddim")
-    kwargs = {"class_labels": list(range(8)) * 8, "guidance_scale": 3.0} if cfg.conditioning == "class" else {}
+    kwargs = {"class_labels": list(range(8)) * 8, "guidance_scale": 1.5} if cfg.conditioning == "class" else {}
     res = ddim(batch_size=64, generator=torch.Generator(device).manual_seed(cfg.seed + 1), num_inference_steps=50,
                output_type="np", return_intermediates=True, **kwargs)
     visualisation.denoising_strip(res.intermediates, out / "denoising.png", num_columns=11, num_rows=8)
