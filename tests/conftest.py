@@ -21,6 +21,17 @@ def _offline_and_private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("LATENT_DIGITS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: one thread is faster than two fighting over the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def run_script(script, args, env=None, check=True, timeout=600):
     """Run one of the training scripts as a user would; fail with its output if it fails."""
     import subprocess

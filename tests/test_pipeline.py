@@ -29,13 +29,7 @@ STEPS = 2
 NULL_LABEL = 10  # a UNet with num_class_embeds=11: digits 0-9 plus the null label for classifier-free guidance
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models on a shared 2-core machine: one thread is faster than two fighting over the cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_unet(num_class_embeds=None):
