@@ -197,6 +197,11 @@ def _check_type(key, value, hint, raw=None):
 class _CommandLineValue(str):
     """A value typed on the command line: parsed as YAML, except for string options."""
 
+    def __new__(cls, text, bare=False):
+        self = super().__new__(cls, text)
+        self.bare = bare
+        return self
+
     def parsed(self):
         try:
             return yaml.safe_load(self) if self != "" else None
@@ -217,6 +222,8 @@ def _build(cls, values: dict, prefix=""):
         hint = hints[key]
         raw = None
         if isinstance(value, _CommandLineValue):
+            if value.bare and hint is not bool:
+                raise UserError(f"--{prefix + key} needs a value")
             raw, value = str(value), value.parsed()
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
@@ -257,15 +264,17 @@ def parse_config(cls, argv):
         if not arg.startswith("--"):
             raise UserError(f"unexpected argument {arg!r}; options look like --key value")
         key, sep, raw = arg[2:].partition("=")
-        if not sep:
-            if i + 1 >= len(argv):
-                raise UserError(f"--{key} needs a value")
+        bare = not sep and (i + 1 >= len(argv) or argv[i + 1].startswith("--"))
+        if not sep and not bare:
             raw, i = argv[i + 1], i + 1
         i += 1
         if key == "config":
+            if bare:
+                raise UserError("--config needs a value: a YAML file such as configs/latent_ddpm_quick.yaml")
             values = _merge(values, _read_yaml(raw))
             continue
-        _set_nested(overrides, key, _CommandLineValue(raw))
+        # A bare flag (`--push_to_hub`) means true, as in diffusers' scripts; other types then complain.
+        _set_nested(overrides, key, _CommandLineValue("true", bare=True) if bare else _CommandLineValue(raw))
     cfg = _build(cls, _merge(values, overrides))
     cfg.validate()
     return cfg

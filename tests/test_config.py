@@ -20,6 +20,13 @@ def test_yaml_then_overrides_win():
     assert cfg.train_batch_size == 64  # from the YAML file
 
 
+def test_bare_boolean_flags_mean_true():
+    cfg = parse_config(LatentDDPMTrainConfig, ["--push_to_hub", "--hub_model_id", "me/digits", "--compile"])
+    assert cfg.push_to_hub is True and cfg.hub_model_id == "me/digits" and cfg.compile is True
+    with pytest.raises(UserError, match="--learning_rate needs a value"):
+        parse_config(LatentDDPMTrainConfig, ["--learning_rate", "--seed", "1"])
+
+
 def test_booleans_nulls_and_nested_ddpm_keys():
     cfg = parse_config(LatentDDPMTrainConfig, ["--use_ema", "false", "--unet.layers_per_block", "1",
                                                "--checkpoints_total_limit", "null", "--data_dir", "/x"])
