@@ -25,7 +25,7 @@ from pipeline.data import load_digits
 from pipeline.errors import UserError, run_cli
 from pipeline.latent_cache import cached_latents, load_autoencoder
 from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
-from pipeline.schedulers import make_scheduler, make_train_scheduler
+from pipeline.schedulers import make_train_scheduler, with_scheduler
 
 logger = logging.getLogger("train_latent_ddpm")
 NUM_CLASSES = 10
@@ -183,9 +183,7 @@ def log_samples(accelerator, cfg, unet, ema, autoencoder, noise_scheduler, step)
     if ema is not None:  # sample with the EMA weights, then put the training weights back
         ema.store(model.parameters())
         ema.copy_to(model.parameters())
-    pipe = make_pipeline(model, autoencoder.to(accelerator.device), noise_scheduler)
-    pipe.scheduler = make_scheduler("dpm", noise_scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = with_scheduler(make_pipeline(model, autoencoder.to(accelerator.device), noise_scheduler), "dpm")
     images = pipe(batch_size=64, generator=torch.Generator(accelerator.device).manual_seed(0),
                   num_inference_steps=cfg.num_inference_steps, output_type="np").images
     writer.add_image("samples", visualisation.tile(images, nrow=8), step, dataformats="HW")

@@ -36,7 +36,7 @@ class LatentSampler:
         return self.pipe.scheduler.config.num_train_timesteps
 
     def __call__(self, batch_size=1, num_inference_steps=20, scheduler="dpm", generator=None):
-        from pipeline.figures import with_scheduler  # "dpm": DPM-Solver++, trailing spacing; "ddpm": no clipping
+        from pipeline.schedulers import with_scheduler  # "dpm": DPM-Solver++, trailing spacing; "ddpm": no clipping
 
         if scheduler not in self._copies:
             self._copies[scheduler] = with_scheduler(self.pipe, scheduler)

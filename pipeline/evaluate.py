@@ -157,7 +157,7 @@ def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=
     """Sample with `pipe` (left untouched: a copy gets `scheduler`), score, write the three files, return metrics."""
     from pipeline.classifier import classifier_accuracy, get_classifier
     from pipeline.metrics import get_reference, score_digits
-    from pipeline.schedulers import make_scheduler
+    from pipeline.schedulers import with_scheduler
     from pipeline.visualisation import save_grid
 
     if num_samples < MIN_SAMPLES:
@@ -166,9 +166,7 @@ def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=
     # The judge first: if it cannot be had (no data), fail before spending time on sampling.
     classifier = get_classifier(dataset, data_dir, device=pipe.device)
     reference = get_reference(dataset, data_dir, classifier)
-    sampler = type(pipe)(**pipe.components)
-    sampler.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
-    sampler.set_progress_bar_config(disable=True)
+    sampler = with_scheduler(pipe, scheduler)
 
     start = time.perf_counter()
     images = sample_digits(sampler, num_samples, batch_size, num_inference_steps, seed)

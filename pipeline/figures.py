@@ -10,15 +10,7 @@ from pathlib import Path
 import torch
 
 from . import visualisation
-from .schedulers import make_scheduler
-
-
-def with_scheduler(pipe, name):
-    """A copy of `pipe` sampling with another scheduler; `pipe` itself is untouched."""
-    other = type(pipe)(**pipe.components)
-    other.scheduler = make_scheduler(name, pipe.scheduler.config)
-    other.set_progress_bar_config(disable=True)
-    return other
+from .schedulers import with_scheduler
 
 
 @torch.no_grad()

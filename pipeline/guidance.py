@@ -59,7 +59,7 @@ def guidance_sweep(pipe, output_dir, guidance_scales, num_samples=10_000, num_in
                    seed=0, batch_size=1000, dataset="ylecun/mnist", data_dir=None) -> dict:
     """Sample and score `pipe` (left untouched: a copy gets `scheduler`) at each scale; write the files, return them."""
     from pipeline.classifier import classifier_accuracy, get_classifier, predict
-    from pipeline.figures import with_scheduler
+    from pipeline.schedulers import with_scheduler
     from pipeline.metrics import get_reference, score_digits
     from pipeline.visualisation import save_grid
 

@@ -55,3 +55,11 @@ def make_train_scheduler(num_train_timesteps: int = 1000, beta_schedule: str = "
         prediction_type=prediction_type,
         clip_sample=False,
     )
+
+
+def with_scheduler(pipe, name):
+    """A copy of `pipe` sampling with another scheduler; `pipe` itself is untouched."""
+    other = type(pipe)(**pipe.components)
+    other.scheduler = make_scheduler(name, pipe.scheduler.config)
+    other.set_progress_bar_config(disable=True)
+    return other

@@ -44,6 +44,23 @@ def run_script(script, args, env=None, check=True, timeout=600):
     return res
 
 
+def kill_9_once(script, args, marker, timeout=240):
+    """Start a training script and SIGKILL it as soon as `marker` (a checkpoint folder) exists."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, str(REPO / script), *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not marker.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 TINY_AE = ["--autoencoder.block_out_channels", "[8, 16, 16]", "--autoencoder.layers_per_block", "1",
            "--autoencoder.norm_num_groups", "4", "--autoencoder.reduction", "4"]
 

@@ -46,25 +46,13 @@ def test_bad_input_is_one_line_error(tmp_path):
 
 
 def test_kill_9_then_resume_ends_with_identical_weights(mnist_dir, tiny_autoencoder_run, tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
-
     from safetensors.torch import load_file
 
-    from conftest import REPO, tiny_ae_args
+    from conftest import kill_9_once, tiny_ae_args
 
     out = tmp_path / "killed"
     args = tiny_ae_args(mnist_dir, out) + ["--checkpointing_steps", "10"]
-    proc = subprocess.Popen([sys.executable, str(REPO / "train_autoencoder.py"), *args], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not (out / "checkpoint-20").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_9_once("train_autoencoder.py", args, out / "checkpoint-20")
     run_script("train_autoencoder.py", args + ["--resume_from_checkpoint", "latest"])
     name = "diffusion_pytorch_model.safetensors"
     a, b = load_file(str(out / name)), load_file(str(tiny_autoencoder_run / name))

@@ -10,7 +10,7 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from conftest import REPO, run_script
+from conftest import REPO, kill_9_once, run_script
 
 TINY_UNET = ["--unet.block_out_channels", "[32, 64]", "--unet.down_block_types", "[DownBlock2D, DownBlock2D]",
              "--unet.up_block_types", "[UpBlock2D, UpBlock2D]", "--unet.layers_per_block", "1",
@@ -103,14 +103,7 @@ def test_latent_cache_is_keyed_to_the_autoencoder_weights(mnist_dir, tiny_autoen
 def test_kill_9_then_resume_ends_with_identical_weights(mnist_dir, tiny_autoencoder_run, ddpm_run, tmp_path):
     out = tmp_path / "killed"
     args = ddpm_args(mnist_dir, tiny_autoencoder_run, out, extra=["--checkpointing_steps", "5"])
-    proc = subprocess.Popen([sys.executable, str(REPO / "train_latent_ddpm.py"), *args], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not (out / "checkpoint-10").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_9_once("train_latent_ddpm.py", args, out / "checkpoint-10")
     assert not (out / "unet").exists()
     # The same command with --resume_from_checkpoint latest finishes the job...
     run_script("train_latent_ddpm.py", args + ["--resume_from_checkpoint", "latest"])
