@@ -136,3 +136,34 @@ def test_pixel_sampler_returns_the_digit_an_exact_denoiser_knows(mnist_dir, sche
                   generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 28, 28) and out.dtype == np.uint8
     assert np.abs(out.astype(int) - digit.astype(int)).max() <= 2  # cropped back to the 28x28 digit
+
+
+def test_schedules_comparison_trains_each_variant_as_named(mnist_dir, tiny_autoencoder_run, tmp_path):
+    """benchmarks/schedules.py --quick: each variant is a real run with its own schedule, target and
+    loss weighting, on the shared autoencoder; the json, table and figure hold one entry per variant."""
+    import yaml
+
+    variants = ["linear-epsilon", "cosine-v-minsnr5"]
+    proc = subprocess.run([sys.executable, "benchmarks/schedules.py", "--quick", "--output", str(tmp_path / "out"),
+                           "--work_dir", str(tmp_path / "work"), "--data_dir", str(mnist_dir), "--autoencoder",
+                           str(tiny_autoencoder_run), "--name", "smoke", "--variants", *variants],
+                          cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    expected = {"linear-epsilon": ("linear", "epsilon", None),
+                "cosine-v-minsnr5": ("squaredcos_cap_v2", "v_prediction", 5.0)}
+    for name, (schedule, target, gamma) in expected.items():
+        cfg = yaml.safe_load((tmp_path / "work" / name / "training_config.yaml").read_text())
+        assert (cfg["ddpm_beta_schedule"], cfg["prediction_type"], cfg["snr_gamma"]) == (schedule, target, gamma)
+        assert cfg["autoencoder"] == str(tiny_autoencoder_run) and cfg["seed"] == 0
+        saved = json.loads((tmp_path / "work" / name / "scheduler" / "scheduler_config.json").read_text())
+        assert (saved["beta_schedule"], saved["prediction_type"]) == (schedule, target)  # what users will load
+
+    r = json.loads((tmp_path / "out" / "smoke.json").read_text())
+    assert list(r["variants"]) == variants and r["profile"] == "quick" and "not a benchmark" in r["note"]
+    for v in r["variants"].values():
+        assert v["training"]["steps"] == 20 and v["training"]["train_seconds"] > 0
+        score = v["scores"]["dpm_2"]
+        assert score["num_samples"] == 32 and np.isfinite(score["fid"]) and 0 <= score["recall"] <= 1
+    md = (tmp_path / "out" / "smoke.md").read_text()
+    assert md.startswith("# SMOKE TEST") and "| linear | epsilon | off |" in md and "| cosine | v | gamma 5 |" in md
+    assert imageio.imread(tmp_path / "out" / "smoke.png").ndim == 3
