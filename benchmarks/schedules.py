@@ -48,7 +48,7 @@ PROFILES = {  # which configs, how many digits are scored
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--output", default="benchmarks/results", help="folder for <name>.json/.md/.png")
-    p.add_argument("--name", help="result file stem (default schedules-<gpu or cpu>-<date>)")
+    p.add_argument("--name", help="result file stem (default schedules-<gpu|cpu|quick>-<date>)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--cpu", action="store_true", help="the CPU demo configs (quick yaml files), 2,000 digits scored")
     mode.add_argument("--quick", action="store_true", help="tiny models, 2 sampling steps: a smoke test, not a benchmark")
@@ -159,8 +159,8 @@ def main(argv=None):
     hw = hardware(device)
     commit, dirty = git_state(None)
     profile = "quick" if args.quick else "cpu" if args.cpu else "gpu"
-    name = args.name or f"schedules-{profile}-{(hw['gpu'] or 'cpu').lower().replace('nvidia', '').strip().replace(' ', '-')}-" \
-                        f"{datetime.datetime.now().strftime('%Y%m%d-%H%M')}"
+    machine = profile if profile != "gpu" else (hw["gpu"] or "cpu").lower().replace("nvidia", "").strip().replace(" ", "-")
+    name = args.name or f"schedules-{machine}-{datetime.datetime.now().strftime('%Y%m%d-%H%M')}"  # schedules-h100-...
     # The judge first, so that missing data fails before any training.
     from pipeline.classifier import get_classifier
     from pipeline.metrics import get_reference

@@ -214,3 +214,36 @@ def test_push_to_hub_without_network_fails_cleanly_and_keeps_the_pipeline(mnist_
     assert res.returncode == 2 and "upload to someone/latent-digits failed" in res.stderr
     assert "Traceback" not in res.stderr and FAKE_TOKEN not in res.stdout + res.stderr
     assert (out / "model_index.json").is_file() and (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("schedule,target", [("squaredcos_cap_v2", "v_prediction"), ("linear", "epsilon")])
+def test_min_snr_weights_each_sample_by_its_noise_level(schedule, target):
+    """snr_gamma=5 scales each sample's MSE by min(SNR, 5) / (SNR + 1) for v, min(SNR, 5) / SNR for epsilon
+    (Hang et al. 2023), SNR = alpha_bar / (1 - alpha_bar) at that sample's timestep."""
+    import torch
+
+    from pipeline.config import LatentDDPMTrainConfig, parse_config
+    from pipeline.schedulers import make_train_scheduler
+    from test_conditional import _train_script, tiny_unet
+
+    script, unet = _train_script(), tiny_unet()
+    scheduler = make_train_scheduler(1000, schedule, target)
+    latents = torch.randn(12, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def per_sample_loss(gamma, i):
+        cfg = parse_config(LatentDDPMTrainConfig, ["--prediction_type", target, "--snr_gamma", str(gamma)])
+        with torch.no_grad():
+            return script.loss_fn(cfg, scheduler, unet, latents[i:i + 1], None, torch.Generator().manual_seed(i))
+
+    weights_seen = []
+    for i in range(len(latents)):
+        gen = torch.Generator().manual_seed(i)  # the draws loss_fn makes: noise first, then the timestep
+        torch.randn(latents[i:i + 1].shape, generator=gen)
+        t = torch.randint(0, 1000, (1,), generator=gen).item()
+        abar = scheduler.alphas_cumprod[t].double()
+        snr = abar / (1 - abar)
+        want = min(snr, 5.0) / (snr + 1 if target == "v_prediction" else snr)
+        got = per_sample_loss(5.0, i) / per_sample_loss("null", i)
+        assert got.item() == pytest.approx(want.item(), rel=1e-4), f"t={t}"
+        weights_seen.append(want.item())
+    assert min(weights_seen) < 0.99  # the draws reached timesteps where the weighting matters
