@@ -130,7 +130,7 @@ class LatentDDPMTrainConfig(TrainConfig):
     # v_prediction: with the cosine schedule alpha_bar(999) ~ 2e-9, so an epsilon model's x0 estimate
     # near t=T divides its error by 5e-5 and every sampler starting at t=999 diverges (measured).
     prediction_type: str = "v_prediction"  # epsilon / v_prediction / sample; must match at sampling
-    snr_gamma: Optional[float] = None  # min-SNR loss weighting (5.0 is the paper's value); null = off
+    snr_gamma: Optional[float] = 5.0  # min-SNR loss weighting, best in benchmarks/schedules.py; null = off
     conditioning: str = "none"  # none / class: class-conditional UNet with label dropout for CFG
     class_dropout: float = 0.1  # fraction of labels dropped so one model learns both modes
     use_ema: bool = True  # EMA weights sample better than the raw ones
