@@ -167,3 +167,24 @@ def test_schedules_comparison_trains_each_variant_as_named(mnist_dir, tiny_autoe
     md = (tmp_path / "out" / "smoke.md").read_text()
     assert md.startswith("# SMOKE TEST") and "| linear | epsilon | off |" in md and "| cosine | v | gamma 5 |" in md
     assert imageio.imread(tmp_path / "out" / "smoke.png").ndim == 3
+
+
+def test_sampling_cost_times_every_batch_and_step_count(tmp_path):
+    from pipeline.export import save_pipeline_folder
+    from test_conditional import tiny_pipe
+
+    folder = tmp_path / "pipe"
+    save_pipeline_folder(tiny_pipe(conditional=False), folder)
+    cmd = [sys.executable, "benchmarks/sampling_cost.py", "--pipeline", str(folder), "--batches", "1,4",
+           "--steps", "2,3", "--output", str(tmp_path / "out"), "--name", "cost"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((tmp_path / "out" / "cost.json").read_text())
+    assert [(row["batch_size"], row["num_inference_steps"]) for row in r["rows"]] == [(1, 2), (4, 2), (1, 3), (4, 3)]
+    for row in r["rows"]:
+        assert row["seconds"] > 0 and row["digits_per_s"] == pytest.approx(row["batch_size"] / row["seconds"])
+    md = (tmp_path / "out" / "cost.md").read_text()
+    assert "| 4 | " in md and "3 steps" in md and r["git_commit"]
+
+    bad = subprocess.run([*cmd[:3], str(tmp_path), *cmd[4:]], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "not a pipeline folder" in bad.stderr and "Traceback" not in bad.stderr

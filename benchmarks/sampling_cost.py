@@ -1,0 +1,92 @@
+"""How sampling cost grows with batch size and with steps, for any saved pipeline (issue 4).
+
+    python benchmarks/sampling_cost.py --pipeline runs/demo/pipeline --output benchmarks/results
+    python benchmarks/sampling_cost.py --pipeline runs/latent_ddpm --batches 1,10,100,1000,10000 --steps 10,20,50
+
+Times one DPM-Solver++ call per (batch size, steps), after a 2-step warm-up at that size, the way
+run_benchmark.py does (bf16 autocast on CUDA, fp32 on the CPU; decoding and the copy to the CPU
+included). Writes sampling-cost-<gpu|cpu>-<date>.json (hardware, commit, command, rows) and .md.
+"""
+
+import argparse
+import datetime
+import json
+import shlex
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python benchmarks/sampling_cost.py` puts benchmarks/ first, not the repo
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from benchmarks.run_benchmark import git_state, hardware  # noqa: E402
+from benchmarks.sampling import LatentSampler, timed_call  # noqa: E402
+
+
+def int_list(text):
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,10,100; got {text!r}")
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"every value must be >= 1; got {text!r}")
+    return values
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--pipeline", required=True, help="a saved LatentDDPMPipeline folder")
+    p.add_argument("--batches", type=int_list, default=[1, 10, 100, 1000], help="batch sizes (default 1,10,100,1000)")
+    p.add_argument("--steps", type=int_list, default=[10, 20, 50], help="DPM-Solver++ steps (default 10,20,50)")
+    p.add_argument("--output", default="benchmarks/results", help="folder for the .json and .md")
+    p.add_argument("--name", help="file stem (default sampling-cost-<gpu|cpu>-<date>)")
+    return p.parse_args(argv)
+
+
+def markdown(r) -> str:
+    steps = sorted({row["num_inference_steps"] for row in r["rows"]})
+    lines = [f"Sampling cost of `{r['pipeline']}` on {r['hardware']['gpu'] or 'CPU'} "
+             f"({r['hardware']['cpu_count']} cores), commit {(r['git_commit'] or 'unknown')[:7]}; `{r['command']}`.", "",
+             "| batch | " + " | ".join(f"{s} steps: s / digits per s" for s in steps) + " |",
+             "|---|" + "---|" * len(steps)]
+    for batch in sorted({row["batch_size"] for row in r["rows"]}):
+        cells = [next(f"{row['seconds']:.3g} s / {row['digits_per_s']:,.0f}" for row in r["rows"]
+                      if row["batch_size"] == batch and row["num_inference_steps"] == s) for s in steps]
+        lines.append(f"| {batch:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    folder = Path(args.pipeline)
+    if not (folder / "model_index.json").is_file():
+        sys.exit(f"--pipeline {folder} is not a pipeline folder (no model_index.json); pass a training run's output_dir")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    hw = hardware(device)
+    sampler = LatentSampler(folder, device)
+    rows = []
+    for steps in args.steps:
+        for batch in args.batches:
+            timed_call(sampler, batch, 2)  # warm-up at this size
+            _, seconds = timed_call(sampler, batch, steps)
+            rows.append({"batch_size": batch, "num_inference_steps": steps, "seconds": seconds,
+                         "digits_per_s": batch / seconds})
+            print(f"batch {batch:>6}, {steps:>3} steps: {seconds:8.3f} s, {batch / seconds:10.1f} digits/s", flush=True)
+    commit, dirty = git_state(None)
+    machine = (hw["gpu"] or "cpu").lower().replace("nvidia", "").strip().replace(" ", "-")
+    name = args.name or f"sampling-cost-{machine}-{datetime.datetime.now().strftime('%Y%m%d-%H%M')}"
+    result = {"name": name, "command": shlex.join(["python", *sys.argv]), "git_commit": commit, "git_dirty": dirty,
+              "created": datetime.datetime.now().astimezone().isoformat(), "hardware": hw, "pipeline": str(folder),
+              "parameters": sampler.parameters(), "rows": rows}
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{name}.md").write_text(markdown(result))
+    print("\n" + markdown(result) + f"\nwrote {out / name}.json and .md")
+    return result
+
+
+if __name__ == "__main__":
+    main()
