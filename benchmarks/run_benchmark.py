@@ -108,10 +108,14 @@ def hardware(device):
     return info
 
 
+def machine_name(hw) -> str:
+    """"h100-80gb-hbm3" for an NVIDIA H100 80GB HBM3, "cpu" without a GPU: the start of result file names."""
+    return (hw["gpu"] or "cpu").lower().replace("nvidia", "").strip().replace(" ", "-")
+
+
 def default_name(args, hw):
     """<gpu>-<date>[-project|-baseline], or --name; "quick-" in front of anything made with --quick."""
-    name = args.name or "-".join([(hw["gpu"] or "cpu").lower().replace("nvidia", "").strip().replace(" ", "-"),
-                                  datetime.datetime.now().strftime("%Y%m%d-%H%M")])
+    name = args.name or "-".join([machine_name(hw), datetime.datetime.now().strftime("%Y%m%d-%H%M")])
     if args.only and not name.endswith(args.only):
         name = f"{name}-{args.only}"  # the two halves of a split run must not overwrite each other
     return name if not args.quick or name.startswith("quick") else f"quick-{name}"

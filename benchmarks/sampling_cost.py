@@ -21,8 +21,8 @@ if str(REPO) not in sys.path:  # `python benchmarks/sampling_cost.py` puts bench
 
 import torch  # noqa: E402
 
-from benchmarks.run_benchmark import git_state, hardware  # noqa: E402
-from benchmarks.sampling import LatentSampler, timed_call  # noqa: E402
+from benchmarks.run_benchmark import git_state, hardware, machine_name  # noqa: E402
+from benchmarks.sampling import LatentSampler, batch_sweep  # noqa: E402
 
 
 def int_list(text):
@@ -68,15 +68,12 @@ def main(argv=None):
     sampler = LatentSampler(folder, device)
     rows = []
     for steps in args.steps:
-        for batch in args.batches:
-            timed_call(sampler, batch, 2)  # warm-up at this size
-            _, seconds = timed_call(sampler, batch, steps)
-            rows.append({"batch_size": batch, "num_inference_steps": steps, "seconds": seconds,
-                         "digits_per_s": batch / seconds})
-            print(f"batch {batch:>6}, {steps:>3} steps: {seconds:8.3f} s, {batch / seconds:10.1f} digits/s", flush=True)
+        rows += batch_sweep(sampler, args.batches, steps, max(args.batches))  # no out-of-memory search: all asked for
+        for row in rows[-len(args.batches):]:
+            print(f"batch {row['batch_size']:>6}, {steps:>3} steps: {row['seconds']:8.3f} s, "
+                  f"{row['digits_per_s']:10.1f} digits/s", flush=True)
     commit, dirty = git_state(None)
-    machine = (hw["gpu"] or "cpu").lower().replace("nvidia", "").strip().replace(" ", "-")
-    name = args.name or f"sampling-cost-{machine}-{datetime.datetime.now().strftime('%Y%m%d-%H%M')}"
+    name = args.name or f"sampling-cost-{machine_name(hw)}-{datetime.datetime.now().strftime('%Y%m%d-%H%M')}"
     result = {"name": name, "command": shlex.join(["python", *sys.argv]), "git_commit": commit, "git_dirty": dirty,
               "created": datetime.datetime.now().astimezone().isoformat(), "hardware": hw, "pipeline": str(folder),
               "parameters": sampler.parameters(), "rows": rows}

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks import project  # noqa: E402
-from benchmarks.run_benchmark import git_state, hardware  # noqa: E402
+from benchmarks.run_benchmark import git_state, hardware, machine_name  # noqa: E402
 
 # name -> (beta schedule, prediction type, min-SNR gamma or None). Every combination of the three.
 VARIANTS = {f"{s}-{p}{'-minsnr5' if g else ''}": (s, p, g)
@@ -75,12 +75,11 @@ def variant_args(name):
             "--snr_gamma", "null" if gamma is None else str(gamma)]
 
 
-def train_autoencoder(args, work):
+def train_autoencoder(args, work, data):
     if args.autoencoder:
         return Path(args.autoencoder).resolve(), None
     out = work / "autoencoder"
     extra = project.QUICK_AE if args.quick else project.AE_FIGURES
-    data = ["--data_dir", str(Path(args.data_dir).resolve())] if args.data_dir else []
     stage = project.run_stage("autoencoder", "train_autoencoder.py",
                               ["--config", args.profile["ae_config"], "--output_dir", str(out), *data, *extra,
                                *(["--compile", "false"] if args.quick else [])], out, "images_per_s")
@@ -130,11 +129,7 @@ def markdown(r) -> str:
 
 
 def figure(result, digits, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from pipeline.visualisation import tile
+    from pipeline.visualisation import plt, tile  # pyplot with the Agg backend, set there
 
     names = list(digits)
     cols = 4
@@ -159,21 +154,21 @@ def main(argv=None):
     hw = hardware(device)
     commit, dirty = git_state(None)
     profile = "quick" if args.quick else "cpu" if args.cpu else "gpu"
-    machine = profile if profile != "gpu" else (hw["gpu"] or "cpu").lower().replace("nvidia", "").strip().replace(" ", "-")
+    machine = profile if profile != "gpu" else machine_name(hw)
     name = args.name or f"schedules-{machine}-{datetime.datetime.now().strftime('%Y%m%d-%H%M')}"  # schedules-h100-...
     # The judge first, so that missing data fails before any training.
     from pipeline.classifier import get_classifier
     from pipeline.metrics import get_reference
     floor = get_reference(data_dir=args.data_dir, classifier=get_classifier(data_dir=args.data_dir)).floor
 
-    ae_folder, ae_stage = train_autoencoder(args, work)
+    data = ["--data_dir", str(Path(args.data_dir).resolve())] if args.data_dir else []
+    ae_folder, ae_stage = train_autoencoder(args, work, data)
     result = {"name": name, "profile": profile, "command": shlex.join(["python", *sys.argv]),
               "created": datetime.datetime.now().astimezone().isoformat(), "git_commit": commit, "git_dirty": dirty,
               "hardware": hw, "config": args.profile["config"], "autoencoder": str(ae_folder),
               "autoencoder_training": ae_stage, "num_samples": args.profile["num_samples"], "seed": args.seed,
               "real_data_floor": floor, "variants": {},
               "note": "smoke test, not a benchmark: tiny models, few steps" if args.quick else None}
-    data = ["--data_dir", str(Path(args.data_dir).resolve())] if args.data_dir else []
     digits = {}
     for variant in args.variants:
         folder = work / variant
