@@ -80,10 +80,23 @@ def markdown(r) -> str:
                 f"the baseline): ![samples]({r['name']}_side_by_side.png)", ""]
     out += _sweeps(r, keys)
     out += ["Training time is the training loop only (torch.compile warm-up and checkpoints included; data loading "
-            "and end-of-run figures excluded); the baseline trained for the same number of seconds. 'steady' "
-            "leaves out the first logging interval (or the first 10% of the baseline's budget). Sampling runs "
-            "under bf16 autocast on CUDA, without torch.compile.", ""]
+            "and end-of-run figures excluded)." + _budget(r, keys) + " 'steady' leaves out the first logging "
+            "interval (or the first 10% of the baseline's budget). Sampling runs under bf16 autocast on CUDA, "
+            "without torch.compile.", ""]
     return "\n".join(out)
+
+
+def _budget(r, keys) -> str:
+    """What the baseline's training budget was, measured against the project's."""
+    if "baseline" not in keys:
+        return ""
+    b = r["baseline"]["training"]["train_seconds"]
+    if "project" not in keys:
+        return f" The baseline trained for {_num(b)} s (--seconds)."
+    p = r["project"]["training"]["train_seconds"]
+    if abs(b - p) <= 0.02 * p:
+        return " The baseline trained for the same number of seconds."
+    return f" The baseline trained for {_num(b)} s, {b / p:.0%} of the project's {_num(p)} s (--seconds set its budget)."
 
 
 def _sweeps(r, keys):

@@ -67,19 +67,23 @@ def parse_args(argv=None):
     p.add_argument("--ddpm_samples", type=int, help="digits scored with full DDPM (default 2000; quick 16)")
     p.add_argument("--max_batch", type=int, help="first batch size tried for sampling (default 10000; quick 64)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--commit", help="git commit to record when this copy of the repo has no .git")
+    p.add_argument("--commit", help="git commit to record instead of asking git (a copied repo may have none, or a stale one)")
     return p.parse_args(argv)
 
 
-def git_state(fallback):
-    """(commit, has uncommitted changes) of the repo, or (fallback, None) without git."""
+def git_state(explicit=None):
+    """(commit, has uncommitted changes) of the repo; (explicit, None) when --commit names it.
+
+    An explicit commit wins: a copy of the repo sent to a GPU machine may carry a stale .git."""
+    if explicit:
+        return explicit, None
     try:
         def git(*a):
             return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
 
         return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.CalledProcessError):
-        return fallback, None
+        return None, None
 
 
 def fingerprint(model) -> str:

@@ -3,8 +3,8 @@
 A "sampler" here is any callable `sampler(batch_size, num_inference_steps, scheduler,
 generator) -> uint8 (N, 28, 28)` with a `device` attribute: `LatentSampler` below wraps the
 project's LatentDDPMPipeline, benchmarks/pixel_ddpm.PixelDDPM is the baseline. Both run
-under the same precision (bf16 autocast on CUDA, fp32 on CPU), eagerly (no torch.compile),
-and every timing waits for the GPU and includes moving the digits to the CPU.
+under the same precision (bf16 autocast on CUDA, fp32 on CPU), eagerly (no torch.compile,
+except where sampling_cost.py --compile asks for it), and every timing waits for the GPU and includes moving the digits to the CPU.
 """
 
 import time
@@ -20,11 +20,13 @@ QUALITY_KEYS = ("fid", "precision", "recall", "kl_to_uniform", "mean_confidence"
 class LatentSampler:
     """The project's pipeline, loaded from its folder as users load it, with a scheduler by name."""
 
-    def __init__(self, folder, device):
+    def __init__(self, folder, device, compile_mode=None):
         from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
 
         self.pipe = LatentDDPMPipeline.from_pretrained(str(folder)).to(device)
         self.pipe.set_progress_bar_config(disable=True)
+        if compile_mode:  # the UNet is called once per step: compiling it is what pays ("max-autotune" adds CUDA graphs)
+            self.pipe.unet = torch.compile(self.pipe.unet, mode=None if compile_mode == "default" else compile_mode)
         self.device = self.pipe.device
         self._copies = {}
 

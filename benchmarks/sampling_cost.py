@@ -42,13 +42,17 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int_list, default=[10, 20, 50], help="DPM-Solver++ steps (default 10,20,50)")
     p.add_argument("--output", default="benchmarks/results", help="folder for the .json and .md")
     p.add_argument("--name", help="file stem (default sampling-cost-<gpu|cpu>-<date>)")
+    p.add_argument("--compile", choices=("none", "default", "reduce-overhead", "max-autotune"), default="none",
+                   help="torch.compile the UNet with this mode (max-autotune and reduce-overhead use CUDA graphs); "
+                   "compilation happens in each size's warm-up call, outside the timing")
+    p.add_argument("--commit", help="git commit to record instead of asking git (a copied repo may have none, or a stale one)")
     return p.parse_args(argv)
 
 
 def markdown(r) -> str:
     steps = sorted({row["num_inference_steps"] for row in r["rows"]})
     lines = [f"Sampling cost of `{r['pipeline']}` on {r['hardware']['gpu'] or 'CPU'} "
-             f"({r['hardware']['cpu_count']} cores), commit {(r['git_commit'] or 'unknown')[:7]}; `{r['command']}`.", "",
+             f"({r['hardware']['cpu_count']} cores), torch.compile {r.get('compile', 'none')}, commit {(r['git_commit'] or 'unknown')[:7]}; `{r['command']}`.", "",
              "| batch | " + " | ".join(f"{s} steps: s / digits per s" for s in steps) + " |",
              "|---|" + "---|" * len(steps)]
     for batch in sorted({row["batch_size"] for row in r["rows"]}):
@@ -65,18 +69,18 @@ def main(argv=None):
         sys.exit(f"--pipeline {folder} is not a pipeline folder (no model_index.json); pass a training run's output_dir")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     hw = hardware(device)
-    sampler = LatentSampler(folder, device)
+    sampler = LatentSampler(folder, device, compile_mode=None if args.compile == "none" else args.compile)
     rows = []
     for steps in args.steps:
         rows += batch_sweep(sampler, args.batches, steps, max(args.batches))  # no out-of-memory search: all asked for
         for row in rows[-len(args.batches):]:
             print(f"batch {row['batch_size']:>6}, {steps:>3} steps: {row['seconds']:8.3f} s, "
                   f"{row['digits_per_s']:10.1f} digits/s", flush=True)
-    commit, dirty = git_state(None)
+    commit, dirty = git_state(args.commit)
     name = args.name or f"sampling-cost-{machine_name(hw)}-{datetime.datetime.now().strftime('%Y%m%d-%H%M')}"
     result = {"name": name, "command": shlex.join(["python", *sys.argv]), "git_commit": commit, "git_dirty": dirty,
               "created": datetime.datetime.now().astimezone().isoformat(), "hardware": hw, "pipeline": str(folder),
-              "parameters": sampler.parameters(), "rows": rows}
+              "compile": args.compile, "parameters": sampler.parameters(), "rows": rows}
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")

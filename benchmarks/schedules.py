@@ -61,6 +61,7 @@ def parse_args(argv=None):
     p.add_argument("--num_samples", type=int, help="digits scored per DPM-Solver++ setting")
     p.add_argument("--ddpm_samples", type=int, help="digits scored with full DDPM (0 = skip; slow on a CPU)")
     p.add_argument("--seed", type=int, default=0, help="training seed of every variant, and the sampling seed")
+    p.add_argument("--commit", help="git commit to record instead of asking git (a copied repo may have none, or a stale one)")
     args = p.parse_args(argv)
     args.profile = dict(PROFILES["quick" if args.quick else "cpu" if args.cpu else "gpu"])
     for key in ("num_samples", "ddpm_samples"):
@@ -152,7 +153,7 @@ def main(argv=None):
     out, work = Path(args.output), Path(args.work_dir).resolve()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     hw = hardware(device)
-    commit, dirty = git_state(None)
+    commit, dirty = git_state(args.commit)
     profile = "quick" if args.quick else "cpu" if args.cpu else "gpu"
     machine = profile if profile != "gpu" else machine_name(hw)
     name = args.name or f"schedules-{machine}-{datetime.datetime.now().strftime('%Y%m%d-%H%M')}"  # schedules-h100-...

@@ -188,3 +188,40 @@ def test_sampling_cost_times_every_batch_and_step_count(tmp_path):
 
     bad = subprocess.run([*cmd[:3], str(tmp_path), *cmd[4:]], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "not a pipeline folder" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_compiled_sampler_draws_the_same_digits_as_eager(tmp_path):
+    """sampling_cost.py --compile must speed sampling up, not change what is sampled."""
+    import torch
+
+    from benchmarks.sampling import LatentSampler, timed_call
+    from pipeline.export import save_pipeline_folder
+    from test_conditional import tiny_pipe
+
+    save_pipeline_folder(tiny_pipe(conditional=False), tmp_path / "pipe")
+    eager = LatentSampler(tmp_path / "pipe", torch.device("cpu"))
+    compiled = LatentSampler(tmp_path / "pipe", torch.device("cpu"), compile_mode="default")
+    assert isinstance(compiled.pipe.unet, torch._dynamo.eval_frame.OptimizedModule)
+    a, _ = timed_call(eager, 3, 2, seed=5)
+    b, _ = timed_call(compiled, 3, 2, seed=5)
+    assert a.shape == b.shape == (3, 28, 28) and a.std() > 0
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 2  # uint8 digits; compiled kernels round differently
+
+
+def test_explicit_commit_wins_over_git_and_report_states_unequal_budgets():
+    from benchmarks import report
+    from benchmarks.run_benchmark import git_state
+
+    # A repo copied to a GPU machine may carry a stale .git: --commit must be what is recorded.
+    assert git_state("0123abc") == ("0123abc", None)
+    commit, dirty = git_state()
+    assert len(commit) == 40 and dirty in (True, False)
+
+    def run(project_s, baseline_s):
+        return {"project": {"training": {"train_seconds": project_s}},
+                "baseline": {"training": {"train_seconds": baseline_s}}}
+
+    assert "same number of seconds" in report._budget(run(439, 436), ["project", "baseline"])
+    capped = report._budget(run(439, 420), ["project", "baseline"])
+    assert "420 s" in capped and "96%" in capped and "439 s" in capped
+    assert report._budget(run(439, 420), ["project"]) == ""
