@@ -78,13 +78,22 @@ def tsne_figure(latents, labels, path, title, seed=0):
     plt.close(fig)
 
 
+def smooth_losses(losses, points_per_window=15):
+    """Centred moving average over about 1/15 of the run; the ends average what the window holds.
+
+    Centred, so that it does not lag: a trailing average of a loss that falls fast early on sits
+    far above the loss it summarises. Each logged value is already a mean over its logging interval.
+    """
+    losses = np.asarray(losses, np.float64)
+    window = max(1, round(len(losses) / points_per_window))
+    kernel = np.ones(window)
+    return np.convolve(losses, kernel, mode="same") / np.convolve(np.ones_like(losses), kernel, mode="same")
+
+
 def loss_curve(steps, losses, path, title="training loss"):
-    """Raw loss faintly, an exponential moving average on top; log scale."""
+    """Raw loss faintly, a centred moving average on top; log scale."""
     steps, losses = np.asarray(steps), np.asarray(losses, np.float64)
-    smooth, avg = np.empty_like(losses), None
-    for i, v in enumerate(losses):
-        avg = v if avg is None else 0.9 * avg + 0.1 * v
-        smooth[i] = avg
+    smooth = smooth_losses(losses)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, losses, alpha=0.3, lw=0.8, label="loss")
     ax.plot(steps, smooth, lw=1.5, label="smoothed")
