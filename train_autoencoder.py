@@ -68,7 +68,7 @@ def main(argv):
     # 3. Resume, then train to exactly max_train_steps.
     step = training.resume(accelerator, cfg)
     order = training.BatchOrder(len(train_x), cfg.train_batch_size, cfg.seed,
-                                accelerator.process_index, accelerator.num_processes)
+                                accelerator.process_index, accelerator.num_processes, train_x.device)
     loss_log = training.LossLog(out / "loss.csv", step, accelerator.is_main_process)
     stop = training.StopRequest()
     meter = training.LossMeter(accelerator, cfg, step)

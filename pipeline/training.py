@@ -87,8 +87,9 @@ class BatchOrder:
     """Which training items each process uses at each micro-step: a fresh permutation
     per epoch from (seed, epoch), sliced into global batches, each split across ranks."""
 
-    def __init__(self, num_items, batch_size, seed, rank=0, world=1):
+    def __init__(self, num_items, batch_size, seed, rank=0, world=1, device="cpu"):
         self.n, self.b, self.seed, self.rank, self.world = num_items, batch_size, seed, rank, world
+        self.device = device  # indices live where the data does: no host-to-device copy (and wait) per step
         self.per_epoch = num_items // (batch_size * world)
         if self.per_epoch < 1:
             raise UserError(f"train_batch_size {batch_size} x {world} processes exceeds the {num_items} "
@@ -99,7 +100,7 @@ class BatchOrder:
         epoch, k = divmod(micro_step, self.per_epoch)
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g).to(self.device)
         start = (k * self.world + self.rank) * self.b
         return self._perm[start:start + self.b]
 
@@ -166,11 +167,12 @@ class LossMeter:
 
 
 def checkpoint_if_due(accelerator, cfg, step, stop, meter):
-    """Save every `checkpointing_steps`, and on SIGTERM/SIGINT save and exit."""
-    if step % cfg.checkpointing_steps == 0 or stop.requested(accelerator):
+    """Save every `checkpointing_steps`, and on SIGTERM/SIGINT save and exit (every process alike)."""
+    stopping = stop.requested(accelerator, step)
+    if step % cfg.checkpointing_steps == 0 or stopping:
         meter.check()  # never checkpoint NaN weights
         ckpt = save_checkpoint(accelerator, cfg.output_dir, step, cfg.checkpoints_total_limit)
-        if stop.signum:
+        if stopping:
             exit_after_signal(accelerator, ckpt, stop.signum)
 
 
@@ -282,11 +284,21 @@ class StopRequest:
     def _handle(self, signum, frame):
         self.signum = signum
 
-    def requested(self, accelerator) -> bool:
+    # Processes agree on stopping through an all-reduce, which waits for the GPU: do it every
+    # few steps only. One process reads its own flag, which costs nothing, every step.
+    sync_every = 10
+
+    def requested(self, accelerator, step) -> bool:
+        """Whether to save and exit after `step`; the same answer on every process."""
+        if accelerator.num_processes == 1:
+            return self.signum is not None
+        if step % self.sync_every:
+            return False
         flag = torch.tensor([1.0 if self.signum else 0.0], device=accelerator.device)
-        if accelerator.num_processes > 1:  # one rank signalled means every rank stops
-            flag = accelerator.reduce(flag, reduction="sum")
-        return bool(flag.item() > 0)
+        if accelerator.reduce(flag, reduction="sum").item() > 0:  # one rank signalled: every rank stops
+            self.signum = self.signum or signal.SIGTERM
+            return True
+        return False
 
 
 def exit_after_signal(accelerator, checkpoint, signum):

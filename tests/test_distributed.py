@@ -14,6 +14,19 @@ from test_train_latent_ddpm import TINY_UNET
 BIN = Path(sys.executable).parent
 
 
+def children(pid):
+    """PIDs whose parent is `pid` (from /proc: Linux, as CI)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def launch(launcher, script, args, timeout=600):
     cmd = {"torchrun": [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29533"],
            "accelerate": [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
@@ -49,3 +62,34 @@ def test_both_scripts_train_on_two_processes(launcher, mnist_dir, tmp_path):
                                                                 "--resume_from_checkpoint", "latest"])
     assert "resumed from" in log and "checkpoint-5" in log and "weights identical on all 2 processes" in log
     assert (tmp_path / "ddpm" / "model_index.json").is_file() and (tmp_path / "ddpm" / "checkpoint-10").is_dir()
+
+
+def test_sigterm_to_one_of_two_processes_checkpoints_and_stops_both(mnist_dir, tiny_autoencoder_run, tmp_path):
+    """A scheduler may signal one rank only: every rank must agree, save one checkpoint and exit."""
+    import signal
+    import time
+
+    out = tmp_path / "ddpm"
+    args = ["--config", str(REPO / "configs/latent_ddpm_quick.yaml"), "--autoencoder", str(tiny_autoencoder_run),
+            "--output_dir", str(out), "--data_dir", str(mnist_dir), "--max_train_samples", "1024",
+            "--train_batch_size", "16", "--logging_steps", "5", "--checkpointing_steps", "1000",
+            "--save_images_steps", "1000", "--eval_num_samples", "0", "--num_inference_steps", "2", *TINY_UNET]
+    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29535", str(REPO / "train_latent_ddpm.py")]
+    proc = subprocess.Popen(cmd + args + ["--max_train_steps", "100000"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "loss.csv").is_file():
+        time.sleep(0.1)
+    while time.time() < deadline and len((out / "loss.csv").read_text().split()) < 2:  # training is under way
+        time.sleep(0.1)
+    workers = children(proc.pid)
+    assert len(workers) == 2, workers
+    os.kill(max(workers), signal.SIGTERM)  # one worker only
+    output, _ = proc.communicate(timeout=300)
+    ckpts = sorted(out.glob("checkpoint-*"))
+    assert len(ckpts) == 1 and int(ckpts[0].name.split("-")[1]) % 10 == 0, (ckpts, output[-3000:])
+    assert "--resume_from_checkpoint latest" in output and not (out / "unet").exists()
+    step = int(ckpts[0].name.split("-")[1])
+    log = launch("torchrun", "train_latent_ddpm.py", args + ["--max_train_steps", str(step + 5),
+                                                             "--resume_from_checkpoint", "latest"])
+    assert "resumed from" in log and "weights identical on all 2 processes" in log
