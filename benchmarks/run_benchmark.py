@@ -67,8 +67,14 @@ def parse_args(argv=None):
     p.add_argument("--ddpm_samples", type=int, help="digits scored with full DDPM (default 2000; quick 16)")
     p.add_argument("--max_batch", type=int, help="first batch size tried for sampling (default 10000; quick 64)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--commit", help="git commit to record instead of asking git (a copied repo may have none, or a stale one)")
+    add_commit_option(p)
     return p.parse_args(argv)
+
+
+def add_commit_option(parser):
+    """--commit, for every benchmark script that records the commit it measured (see git_state)."""
+    parser.add_argument("--commit", help="git commit to record instead of asking git (a copied repo may have "
+                        "none, or a stale one)")
 
 
 def git_state(explicit=None):

@@ -4,7 +4,8 @@ A "sampler" here is any callable `sampler(batch_size, num_inference_steps, sched
 generator) -> uint8 (N, 28, 28)` with a `device` attribute: `LatentSampler` below wraps the
 project's LatentDDPMPipeline, benchmarks/pixel_ddpm.PixelDDPM is the baseline. Both run
 under the same precision (bf16 autocast on CUDA, fp32 on CPU), eagerly (no torch.compile,
-except where sampling_cost.py --compile asks for it), and every timing waits for the GPU and includes moving the digits to the CPU.
+except where sampling_cost.py --compile asks for it), and every timing waits for the GPU and
+includes moving the digits to the CPU.
 """
 
 import time

@@ -21,7 +21,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/sampling_cost.py` puts bench
 
 import torch  # noqa: E402
 
-from benchmarks.run_benchmark import git_state, hardware, machine_name  # noqa: E402
+from benchmarks.run_benchmark import add_commit_option, git_state, hardware, machine_name  # noqa: E402
 from benchmarks.sampling import LatentSampler, batch_sweep  # noqa: E402
 
 
@@ -45,7 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--compile", choices=("none", "default", "reduce-overhead", "max-autotune"), default="none",
                    help="torch.compile the UNet with this mode (max-autotune and reduce-overhead use CUDA graphs); "
                    "compilation happens in each size's warm-up call, outside the timing")
-    p.add_argument("--commit", help="git commit to record instead of asking git (a copied repo may have none, or a stale one)")
+    add_commit_option(p)
     return p.parse_args(argv)
 
 

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks import project  # noqa: E402
-from benchmarks.run_benchmark import git_state, hardware, machine_name  # noqa: E402
+from benchmarks.run_benchmark import add_commit_option, git_state, hardware, machine_name  # noqa: E402
 
 # name -> (beta schedule, prediction type, min-SNR gamma or None). Every combination of the three.
 VARIANTS = {f"{s}-{p}{'-minsnr5' if g else ''}": (s, p, g)
@@ -61,7 +61,7 @@ def parse_args(argv=None):
     p.add_argument("--num_samples", type=int, help="digits scored per DPM-Solver++ setting")
     p.add_argument("--ddpm_samples", type=int, help="digits scored with full DDPM (0 = skip; slow on a CPU)")
     p.add_argument("--seed", type=int, default=0, help="training seed of every variant, and the sampling seed")
-    p.add_argument("--commit", help="git commit to record instead of asking git (a copied repo may have none, or a stale one)")
+    add_commit_option(p)
     args = p.parse_args(argv)
     args.profile = dict(PROFILES["quick" if args.quick else "cpu" if args.cpu else "gpu"])
     for key in ("num_samples", "ddpm_samples"):
