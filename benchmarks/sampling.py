@@ -26,8 +26,10 @@ class LatentSampler:
 
         self.pipe = LatentDDPMPipeline.from_pretrained(str(folder)).to(device)
         self.pipe.set_progress_bar_config(disable=True)
-        if compile_mode:  # the UNet is called once per step: compiling it is what pays ("max-autotune" adds CUDA graphs)
-            self.pipe.unet = torch.compile(self.pipe.unet, mode=None if compile_mode == "default" else compile_mode)
+        if compile_mode:  # the UNet runs once per step, the decoder once per call ("max-autotune" adds CUDA graphs)
+            mode = None if compile_mode == "default" else compile_mode
+            self.pipe.unet = torch.compile(self.pipe.unet, mode=mode)
+            self.pipe.autoencoder.decoder = torch.compile(self.pipe.autoencoder.decoder, mode=mode)
         self.device = self.pipe.device
         self._copies = {}
 
@@ -117,17 +119,17 @@ def quality(sampler, runs, batch_size, classifier, reference, seed=0):
     return results, grids
 
 
-def batch_sweep(sampler, batch_sizes, steps, max_batch):
-    """Seconds per call and digits/s at each batch size (up to the largest that fits), `steps` DPM-Solver++ steps."""
+def batch_sweep(sampler, batch_sizes, steps, max_batch, scheduler="dpm"):
+    """Seconds per call and digits/s at each batch size (up to the largest that fits), `steps` steps of `scheduler`."""
     rows = []
     for batch in batch_sizes:
         if batch > max_batch:
             rows.append({"batch_size": batch, "seconds": None, "digits_per_s": None,
                          "note": "above the largest batch that fits"})
             continue
-        timed_call(sampler, batch, 2)  # warm-up
-        _, seconds = timed_call(sampler, batch, steps)
-        rows.append({"batch_size": batch, "num_inference_steps": steps, "seconds": seconds,
+        timed_call(sampler, batch, 2, scheduler)  # warm-up
+        _, seconds = timed_call(sampler, batch, steps, scheduler)
+        rows.append({"batch_size": batch, "num_inference_steps": steps, "scheduler": scheduler, "seconds": seconds,
                      "digits_per_s": batch / seconds})
     return rows
 

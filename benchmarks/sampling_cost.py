@@ -3,9 +3,10 @@
     python benchmarks/sampling_cost.py --pipeline runs/demo/pipeline --output benchmarks/results
     python benchmarks/sampling_cost.py --pipeline runs/latent_ddpm --batches 1,10,100,1000,10000 --steps 10,20,50
 
-Times one DPM-Solver++ call per (batch size, steps), after a 2-step warm-up at that size, the way
-run_benchmark.py does (bf16 autocast on CUDA, fp32 on the CPU; decoding and the copy to the CPU
-included). Writes sampling-cost-<gpu|cpu>-<date>.json (hardware, commit, command, rows) and .md.
+Times one sampler call (DPM-Solver++ unless --scheduler) per (batch size, steps), after a 2-step
+warm-up at that size, the way run_benchmark.py does (bf16 autocast on CUDA, fp32 on the CPU; decoding
+and the copy to the CPU included). Writes sampling-cost-<gpu|cpu>-<date>.json (hardware, commit,
+command, rows) and .md.
 """
 
 import argparse
@@ -23,6 +24,7 @@ import torch  # noqa: E402
 
 from benchmarks.run_benchmark import add_commit_option, git_state, hardware, machine_name  # noqa: E402
 from benchmarks.sampling import LatentSampler, batch_sweep  # noqa: E402
+from pipeline.evaluate import scheduler_spec  # noqa: E402
 
 
 def int_list(text):
@@ -39,11 +41,13 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pipeline", required=True, help="a saved LatentDDPMPipeline folder")
     p.add_argument("--batches", type=int_list, default=[1, 10, 100, 1000], help="batch sizes (default 1,10,100,1000)")
-    p.add_argument("--steps", type=int_list, default=[10, 20, 50], help="DPM-Solver++ steps (default 10,20,50)")
+    p.add_argument("--steps", type=int_list, default=[10, 20, 50], help="sampling steps (default 10,20,50)")
+    p.add_argument("--scheduler", type=scheduler_spec, default="dpm",
+                   help="a pipeline.schedulers spec, e.g. unipc:solver_order=3 (default dpm: DPM-Solver++)")
     p.add_argument("--output", default="benchmarks/results", help="folder for the .json and .md")
     p.add_argument("--name", help="file stem (default sampling-cost-<gpu|cpu>-<date>)")
     p.add_argument("--compile", choices=("none", "default", "reduce-overhead", "max-autotune"), default="none",
-                   help="torch.compile the UNet with this mode (max-autotune and reduce-overhead use CUDA graphs); "
+                   help="torch.compile the UNet and the decoder with this mode (max-autotune and reduce-overhead use CUDA graphs); "
                    "compilation happens in each size's warm-up call, outside the timing")
     add_commit_option(p)
     return p.parse_args(argv)
@@ -52,7 +56,7 @@ def parse_args(argv=None):
 def markdown(r) -> str:
     steps = sorted({row["num_inference_steps"] for row in r["rows"]})
     lines = [f"Sampling cost of `{r['pipeline']}` on {r['hardware']['gpu'] or 'CPU'} "
-             f"({r['hardware']['cpu_count']} cores), torch.compile {r.get('compile', 'none')}, commit {(r['git_commit'] or 'unknown')[:7]}; `{r['command']}`.", "",
+             f"({r['hardware']['cpu_count']} cores), `{r.get('scheduler', 'dpm')}`, torch.compile {r.get('compile', 'none')}, commit {(r['git_commit'] or 'unknown')[:7]}; `{r['command']}`.", "",
              "| batch | " + " | ".join(f"{s} steps: s / digits per s" for s in steps) + " |",
              "|---|" + "---|" * len(steps)]
     for batch in sorted({row["batch_size"] for row in r["rows"]}):
@@ -72,7 +76,7 @@ def main(argv=None):
     sampler = LatentSampler(folder, device, compile_mode=None if args.compile == "none" else args.compile)
     rows = []
     for steps in args.steps:
-        rows += batch_sweep(sampler, args.batches, steps, max(args.batches))  # no out-of-memory search: all asked for
+        rows += batch_sweep(sampler, args.batches, steps, max(args.batches), args.scheduler)  # no out-of-memory search: all asked for
         for row in rows[-len(args.batches):]:
             print(f"batch {row['batch_size']:>6}, {steps:>3} steps: {row['seconds']:8.3f} s, "
                   f"{row['digits_per_s']:10.1f} digits/s", flush=True)
@@ -80,7 +84,7 @@ def main(argv=None):
     name = args.name or f"sampling-cost-{machine_name(hw)}-{datetime.datetime.now().strftime('%Y%m%d-%H%M')}"
     result = {"name": name, "command": shlex.join(["python", *sys.argv]), "git_commit": commit, "git_dirty": dirty,
               "created": datetime.datetime.now().astimezone().isoformat(), "hardware": hw, "pipeline": str(folder),
-              "compile": args.compile, "parameters": sampler.parameters(), "rows": rows}
+              "compile": args.compile, "scheduler": args.scheduler, "parameters": sampler.parameters(), "rows": rows}
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")

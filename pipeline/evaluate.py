@@ -33,7 +33,18 @@ import torch
 
 from pipeline.errors import UserError, run_cli
 
-SCHEDULER_NAMES = ("ddpm", "ddim", "dpm", "unipc", "euler")
+
+
+def scheduler_spec(text):
+    """argparse type for --scheduler: a name, optionally with options ("dpm:solver_order=3")."""
+    from pipeline.schedulers import parse_scheduler
+
+    try:
+        parse_scheduler(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+    return text
+
 MIN_SAMPLES = 10  # precision/recall need k+1 neighbours; below this the numbers mean nothing
 TABLE = [("fid", "FID", "lower is better"), ("precision", "precision", "realism"),
          ("recall", "recall", "coverage"), ("kl_to_uniform", "KL to uniform", "class balance, 0 = even"),
@@ -45,7 +56,9 @@ def parse_args(argv):
     p.add_argument("--pipeline", required=True, help="a saved LatentDDPMPipeline folder, or a CABAutoencoder folder")
     p.add_argument("--num_samples", type=int, default=10_000)
     p.add_argument("--num_inference_steps", type=int, default=20)
-    p.add_argument("--scheduler", choices=SCHEDULER_NAMES, default="dpm")
+    p.add_argument("--scheduler", type=scheduler_spec, default="dpm",
+                   help="ddpm, ddim, dpm (DPM-Solver++), unipc or euler, optionally with the scheduler's own "
+                        "options after a colon: unipc:solver_order=3 (default %(default)s)")
     p.add_argument("--output_dir", default=None, help="default: <pipeline>/eval")
     p.add_argument("--batch_size", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)

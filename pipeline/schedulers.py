@@ -29,10 +29,43 @@ BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
-def make_scheduler(name: str, config):
-    """A sampling scheduler of kind `name` (a key of SCHEDULERS) from a scheduler config (or scheduler)."""
+def _value(text: str):
+    """'true' -> True, '3' -> 3, '0.5' -> 0.5, anything else stays a string."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_scheduler(spec: str):
+    """"unipc:solver_order=3,use_karras_sigmas=true" -> ("unipc", {"solver_order": 3, "use_karras_sigmas": True}).
+
+    A bare name means the defaults below; the options are constructor arguments of the scheduler class."""
+    name, _, rest = spec.partition(":")
     if name not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {name!r}; valid names: {', '.join(SCHEDULERS)}")
+        raise ValueError(f"unknown scheduler {name!r}; valid names: {', '.join(SCHEDULERS)} "
+                         "(options go after a colon: dpm:solver_order=3)")
+    options = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"scheduler option {item!r} in {spec!r} is not key=value; write e.g. {name}:solver_order=3")
+        options[key.strip()] = _value(value.strip())
+    unknown = set(options) - set(inspect.signature(SCHEDULERS[name].__init__).parameters)
+    if unknown:
+        raise ValueError(f"{SCHEDULERS[name].__name__} takes no option {', '.join(sorted(unknown))}; "
+                         f"see its documentation for valid ones")
+    return name, options
+
+
+def make_scheduler(spec: str, config):
+    """A sampling scheduler from a scheduler config (or scheduler): `spec` is a key of SCHEDULERS, optionally
+    with constructor options after a colon ("dpm:solver_order=3"), which win over the defaults here."""
+    name, options = parse_scheduler(spec)
     cls = SCHEDULERS[name]
     overrides = {"timestep_spacing": "trailing", "clip_sample": False}
     if name == "dpm":
@@ -40,7 +73,7 @@ def make_scheduler(name: str, config):
     # from_config silently drops kwargs a class does not take (Euler has no clip_sample); pass only real ones.
     accepted = inspect.signature(cls.__init__).parameters
     overrides = {k: v for k, v in overrides.items() if k in accepted}
-    return cls.from_config(getattr(config, "config", config), **overrides)
+    return cls.from_config(getattr(config, "config", config), **{**overrides, **options})
 
 
 def make_train_scheduler(num_train_timesteps: int = 1000, beta_schedule: str = "linear", prediction_type: str = "epsilon"):
@@ -57,9 +90,9 @@ def make_train_scheduler(num_train_timesteps: int = 1000, beta_schedule: str = "
     )
 
 
-def with_scheduler(pipe, name):
-    """A copy of `pipe` sampling with another scheduler; `pipe` itself is untouched."""
+def with_scheduler(pipe, spec):
+    """A copy of `pipe` sampling with another scheduler (a make_scheduler spec); `pipe` itself is untouched."""
     other = type(pipe)(**pipe.components)
-    other.scheduler = make_scheduler(name, pipe.scheduler.config)
+    other.scheduler = make_scheduler(spec, pipe.scheduler.config)
     other.set_progress_bar_config(disable=True)
     return other

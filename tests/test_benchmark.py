@@ -190,6 +190,28 @@ def test_sampling_cost_times_every_batch_and_step_count(tmp_path):
     assert bad.returncode != 0 and "not a pipeline folder" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_solvers_scores_every_scheduler_and_step_count(tmp_path, mnist_dir):
+    from pipeline.export import save_pipeline_folder
+    from test_conditional import tiny_pipe
+
+    save_pipeline_folder(tiny_pipe(conditional=False), tmp_path / "pipe")
+    cmd = [sys.executable, "benchmarks/solvers.py", "--pipeline", str(tmp_path / "pipe"), "--schedulers", "dpm",
+           "unipc:solver_order=3", "--steps", "2,3", "--num_samples", "16", "--data_dir", str(mnist_dir),
+           "--output", str(tmp_path / "out"), "--name", "solv"]
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((tmp_path / "out" / "solv.json").read_text())
+    assert set(r["scores"]) == {"dpm_2", "dpm_3", "unipc:solver_order=3_2", "unipc:solver_order=3_3"}
+    for key, score in r["scores"].items():
+        assert score["num_samples"] == 16 and np.isfinite(score["fid"]) and score["scheduler"] == key.rsplit("_", 1)[0]
+    assert r["real_data_floor"]["fid"] > 0
+    md = (tmp_path / "out" / "solv.md").read_text()
+    assert "| `unipc:solver_order=3` | " in md and "3 steps" in md
+
+    bad = subprocess.run([*cmd[:5], "dpm:order=3"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "takes no option order" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_compiled_sampler_draws_the_same_digits_as_eager(tmp_path):
     """sampling_cost.py --compile must speed sampling up, not change what is sampled."""
     import torch
@@ -202,6 +224,7 @@ def test_compiled_sampler_draws_the_same_digits_as_eager(tmp_path):
     eager = LatentSampler(tmp_path / "pipe", torch.device("cpu"))
     compiled = LatentSampler(tmp_path / "pipe", torch.device("cpu"), compile_mode="default")
     assert isinstance(compiled.pipe.unet, torch._dynamo.eval_frame.OptimizedModule)
+    assert isinstance(compiled.pipe.autoencoder.decoder, torch._dynamo.eval_frame.OptimizedModule)
     a, _ = timed_call(eager, 3, 2, seed=5)
     b, _ = timed_call(compiled, 3, 2, seed=5)
     assert a.shape == b.shape == (3, 28, 28) and a.std() > 0

@@ -82,10 +82,10 @@ def test_evaluate_writes_samples_and_metrics_reproducibly(tiny_pipeline, tmp_pat
 
 def test_evaluate_other_seed_and_scheduler(tiny_pipeline, tmp_path, mnist_dir):
     proc = run_evaluate("--pipeline", tiny_pipeline, "--num_samples", 16, "--num_inference_steps", 2,
-                        "--scheduler", "euler", "--seed", 4, "--device", "cpu", "--output_dir", tmp_path,
+                        "--scheduler", "unipc:solver_order=3", "--seed", 4, "--device", "cpu", "--output_dir", tmp_path,
                         "--data_dir", mnist_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((tmp_path / "metrics.json").read_text())["scheduler"] == "euler"
+    assert json.loads((tmp_path / "metrics.json").read_text())["scheduler"] == "unipc:solver_order=3"
     with np.load(tmp_path / "samples.npz") as z:
         assert z["images"].shape == (16, 28, 28)
 
@@ -98,3 +98,5 @@ def test_evaluate_user_errors_are_one_line(tmp_path):
         f"CABAutoencoder folder (config.json); pass the output_dir of a training run"]
     proc = run_evaluate("--pipeline", tmp_path, "--num_samples", 0)
     assert proc.returncode == 2 and "--num_samples must be a positive integer" in proc.stderr
+    proc = run_evaluate("--pipeline", tmp_path, "--scheduler", "dpm:solver_ordr=3")
+    assert proc.returncode == 2 and "DPMSolverMultistepScheduler takes no option solver_ordr" in proc.stderr

@@ -104,6 +104,22 @@ def test_make_scheduler_unknown_name_lists_valid_names():
         make_scheduler("heun", make_train_scheduler().config)
 
 
+def test_make_scheduler_options_after_a_colon_win_over_defaults():
+    train = make_train_scheduler(1000, "squaredcos_cap_v2", "v_prediction")
+    s = make_scheduler("dpm:solver_order=3,use_karras_sigmas=true,timestep_spacing=leading", train.config)
+    assert (s.config.solver_order, s.config.use_karras_sigmas, s.config.timestep_spacing) == (3, True, "leading")
+    assert s.config.algorithm_type == "dpmsolver++"  # untouched defaults stay
+    assert make_scheduler("unipc:solver_order=3", train).config.solver_order == 3
+
+
+@pytest.mark.parametrize("spec, message", [("dpm:solver_order", "is not key=value"),
+                                           ("dpm:no_such_option=1", "takes no option no_such_option"),
+                                           ("heun:solver_order=2", "unknown scheduler 'heun'")])
+def test_make_scheduler_bad_options_say_what_is_wrong(spec, message):
+    with pytest.raises(ValueError, match=message):
+        make_scheduler(spec, make_train_scheduler().config)
+
+
 def test_make_train_scheduler_rejects_unknown_settings():
     with pytest.raises(ValueError, match="beta_schedule"):
         make_train_scheduler(1000, "cosine", "epsilon")

@@ -1,0 +1,90 @@
+"""Which sampler, and how few steps, for a trained pipeline: FID per (scheduler, steps) (issue 4).
+
+    python benchmarks/solvers.py --pipeline runs/latent_ddpm --steps 6,8,10,15,20 \
+        --schedulers dpm dpm:solver_order=3 unipc unipc:solver_order=3
+
+Sampling speed is set by the number of UNet calls, so the cheapest sampler at a given quality is the one
+that needs the fewest steps. Every scheduler is a pipeline.schedulers spec (a name, options after a
+colon), built from the pipeline's own training scheduler. Each cell scores --num_samples digits from the
+same seed with the benchmark's judge and floor. Writes solvers-<gpu|cpu>-<date>.json and .md.
+"""
+
+import argparse
+import datetime
+import json
+import shlex
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python benchmarks/solvers.py` puts benchmarks/ first, not the repo
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from benchmarks.run_benchmark import add_commit_option, git_state, hardware, machine_name  # noqa: E402
+from benchmarks.sampling import LatentSampler, quality  # noqa: E402
+from benchmarks.sampling_cost import int_list  # noqa: E402
+from pipeline.evaluate import scheduler_spec  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--pipeline", required=True, help="a saved LatentDDPMPipeline folder")
+    p.add_argument("--schedulers", nargs="+", type=scheduler_spec, default=["dpm", "unipc"],
+                   help="scheduler specs, e.g. dpm unipc:solver_order=3 (default: dpm unipc)")
+    p.add_argument("--steps", type=int_list, default=[10, 20], help="numbers of steps (default 10,20)")
+    p.add_argument("--num_samples", type=int, default=10_000, help="digits scored per cell (default 10000)")
+    p.add_argument("--batch_size", type=int, default=10_000)
+    p.add_argument("--data_dir", help="folder with the four MNIST IDX files (else the Hub / local caches)")
+    p.add_argument("--output", default="benchmarks/results", help="folder for the .json and .md")
+    p.add_argument("--name", help="file stem (default solvers-<gpu|cpu>-<date>)")
+    p.add_argument("--seed", type=int, default=0)
+    add_commit_option(p)
+    return p.parse_args(argv)
+
+
+def markdown(r) -> str:
+    floor = r["real_data_floor"]["fid"]
+    lines = [f"FID of `{r['pipeline']}` by sampler and steps ({r['num_samples']:,} digits each; real-data floor "
+             f"{floor:.3f}) on {r['hardware']['gpu'] or 'CPU'}, commit {(r['git_commit'] or 'unknown')[:7]}; "
+             f"`{r['command']}`.", "",
+             "| scheduler | " + " | ".join(f"{s} steps" for s in r["steps"]) + " |",
+             "|---|" + "---|" * len(r["steps"])]
+    for name in r["schedulers"]:
+        lines.append(f"| `{name}` | " + " | ".join(f"{r['scores'][f'{name}_{s}']['fid']:.3f}" for s in r["steps"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    folder = Path(args.pipeline)
+    if not (folder / "model_index.json").is_file():
+        sys.exit(f"--pipeline {folder} is not a pipeline folder (no model_index.json); pass a training run's output_dir")
+    from pipeline.classifier import get_classifier
+    from pipeline.metrics import get_reference
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    classifier = get_classifier(data_dir=args.data_dir, device="cpu")  # the benchmark's judge (see run_benchmark.py)
+    reference = get_reference(data_dir=args.data_dir, classifier=classifier)
+    sampler = LatentSampler(folder, device)
+    runs = [(name, steps, args.num_samples) for name in args.schedulers for steps in args.steps]
+    scores, _ = quality(sampler, runs, args.batch_size, classifier, reference, args.seed)
+
+    hw = hardware(device)
+    commit, dirty = git_state(args.commit)
+    name = args.name or f"solvers-{machine_name(hw)}-{datetime.datetime.now().strftime('%Y%m%d-%H%M')}"
+    result = {"name": name, "command": shlex.join(["python", *sys.argv]), "git_commit": commit, "git_dirty": dirty,
+              "created": datetime.datetime.now().astimezone().isoformat(), "hardware": hw, "pipeline": str(folder),
+              "schedulers": args.schedulers, "steps": args.steps, "num_samples": args.num_samples, "seed": args.seed,
+              "real_data_floor": reference.floor, "scores": scores}
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{name}.md").write_text(markdown(result))
+    print("\n" + markdown(result) + f"\nwrote {out / name}.json and .md")
+    return result
+
+
+if __name__ == "__main__":
+    main()
