@@ -17,6 +17,7 @@ the README) and PNG sample grids. See benchmarks/README.md.
 import argparse
 import datetime
 import hashlib
+import json
 import os
 import platform
 import shlex
@@ -90,6 +91,30 @@ def git_state(explicit=None):
         return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.CalledProcessError):
         return None, None
+
+
+def provenance(name, hw, commit=None):
+    """The fields every result json starts with: its name, the command, the commit, when and on what."""
+    commit, dirty = git_state(commit)
+    return {"name": name, "command": shlex.join(["python", *sys.argv]), "git_commit": commit, "git_dirty": dirty,
+            "created": datetime.datetime.now().astimezone().isoformat(), "hardware": hw}
+
+
+def save_result(result, md, output):
+    """Write <output>/<name>.json and .md, and print the md."""
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{result['name']}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{result['name']}.md").write_text(md)
+    print("\n" + md + f"\nwrote {out / result['name']}.json and .md")
+
+
+def pipeline_folder(path) -> Path:
+    """--pipeline as a Path, or exit with a one-line error when it is not a saved pipeline."""
+    folder = Path(path)
+    if not (folder / "model_index.json").is_file():
+        sys.exit(f"--pipeline {folder} is not a pipeline folder (no model_index.json); pass a training run's output_dir")
+    return folder
 
 
 def fingerprint(model) -> str:
@@ -179,11 +204,8 @@ def main(argv=None):
         profile[key] = getattr(args, key) or profile[key]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     hw = hardware(device)
-    commit, dirty = git_state(args.commit)
     name = default_name(args, hw)
-    result = {"name": name, "quick": args.quick, "created": datetime.datetime.now().astimezone().isoformat(),
-              "command": shlex.join(["python", *sys.argv]),
-              "git_commit": commit, "git_dirty": dirty, "hardware": hw,
+    result = {**provenance(name, hw, args.commit), "quick": args.quick,
               "settings": {**{k: v for k, v in profile.items() if not k.startswith("baseline")},
                            "seed": args.seed, "compile": not args.no_compile},
               "note": "smoke test, not a benchmark: tiny models, few steps" if args.quick else None}

@@ -11,8 +11,6 @@ command, rows) and .md.
 
 import argparse
 import datetime
-import json
-import shlex
 import sys
 from pathlib import Path
 
@@ -22,7 +20,8 @@ if str(REPO) not in sys.path:  # `python benchmarks/sampling_cost.py` puts bench
 
 import torch  # noqa: E402
 
-from benchmarks.run_benchmark import add_commit_option, git_state, hardware, machine_name  # noqa: E402
+from benchmarks.run_benchmark import (add_commit_option, hardware, machine_name, pipeline_folder,  # noqa: E402
+                                      provenance, save_result)
 from benchmarks.sampling import LatentSampler, batch_sweep  # noqa: E402
 from pipeline.evaluate import scheduler_spec  # noqa: E402
 
@@ -68,9 +67,7 @@ def markdown(r) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
-    folder = Path(args.pipeline)
-    if not (folder / "model_index.json").is_file():
-        sys.exit(f"--pipeline {folder} is not a pipeline folder (no model_index.json); pass a training run's output_dir")
+    folder = pipeline_folder(args.pipeline)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     hw = hardware(device)
     sampler = LatentSampler(folder, device, compile_mode=None if args.compile == "none" else args.compile)
@@ -80,16 +77,10 @@ def main(argv=None):
         for row in rows[-len(args.batches):]:
             print(f"batch {row['batch_size']:>6}, {steps:>3} steps: {row['seconds']:8.3f} s, "
                   f"{row['digits_per_s']:10.1f} digits/s", flush=True)
-    commit, dirty = git_state(args.commit)
     name = args.name or f"sampling-cost-{machine_name(hw)}-{datetime.datetime.now().strftime('%Y%m%d-%H%M')}"
-    result = {"name": name, "command": shlex.join(["python", *sys.argv]), "git_commit": commit, "git_dirty": dirty,
-              "created": datetime.datetime.now().astimezone().isoformat(), "hardware": hw, "pipeline": str(folder),
-              "compile": args.compile, "scheduler": args.scheduler, "parameters": sampler.parameters(), "rows": rows}
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / f"{name}.md").write_text(markdown(result))
-    print("\n" + markdown(result) + f"\nwrote {out / name}.json and .md")
+    result = {**provenance(name, hw, args.commit), "pipeline": str(folder), "compile": args.compile,
+              "scheduler": args.scheduler, "parameters": sampler.parameters(), "rows": rows}
+    save_result(result, markdown(result), args.output)
     return result
 
 

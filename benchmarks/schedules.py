@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks import project  # noqa: E402
-from benchmarks.run_benchmark import add_commit_option, git_state, hardware, machine_name  # noqa: E402
+from benchmarks.run_benchmark import add_commit_option, hardware, machine_name, provenance  # noqa: E402
 
 # name -> (beta schedule, prediction type, min-SNR gamma or None). Every combination of the three.
 VARIANTS = {f"{s}-{p}{'-minsnr5' if g else ''}": (s, p, g)
@@ -153,7 +153,6 @@ def main(argv=None):
     out, work = Path(args.output), Path(args.work_dir).resolve()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     hw = hardware(device)
-    commit, dirty = git_state(args.commit)
     profile = "quick" if args.quick else "cpu" if args.cpu else "gpu"
     machine = profile if profile != "gpu" else machine_name(hw)
     name = args.name or f"schedules-{machine}-{datetime.datetime.now().strftime('%Y%m%d-%H%M')}"  # schedules-h100-...
@@ -164,9 +163,7 @@ def main(argv=None):
 
     data = ["--data_dir", str(Path(args.data_dir).resolve())] if args.data_dir else []
     ae_folder, ae_stage = train_autoencoder(args, work, data)
-    result = {"name": name, "profile": profile, "command": shlex.join(["python", *sys.argv]),
-              "created": datetime.datetime.now().astimezone().isoformat(), "git_commit": commit, "git_dirty": dirty,
-              "hardware": hw, "config": args.profile["config"], "autoencoder": str(ae_folder),
+    result = {**provenance(name, hw, args.commit), "profile": profile, "config": args.profile["config"], "autoencoder": str(ae_folder),
               "autoencoder_training": ae_stage, "num_samples": args.profile["num_samples"], "seed": args.seed,
               "real_data_floor": floor, "variants": {},
               "note": "smoke test, not a benchmark: tiny models, few steps" if args.quick else None}

@@ -11,8 +11,6 @@ same seed with the benchmark's judge and floor. Writes solvers-<gpu|cpu>-<date>.
 
 import argparse
 import datetime
-import json
-import shlex
 import sys
 from pathlib import Path
 
@@ -22,7 +20,8 @@ if str(REPO) not in sys.path:  # `python benchmarks/solvers.py` puts benchmarks/
 
 import torch  # noqa: E402
 
-from benchmarks.run_benchmark import add_commit_option, git_state, hardware, machine_name  # noqa: E402
+from benchmarks.run_benchmark import (add_commit_option, hardware, machine_name, pipeline_folder,  # noqa: E402
+                                      provenance, save_result)
 from benchmarks.sampling import LatentSampler, quality  # noqa: E402
 from benchmarks.sampling_cost import int_list  # noqa: E402
 from pipeline.evaluate import scheduler_spec  # noqa: E402
@@ -47,7 +46,7 @@ def parse_args(argv=None):
 def markdown(r) -> str:
     floor = r["real_data_floor"]["fid"]
     lines = [f"FID of `{r['pipeline']}` by sampler and steps ({r['num_samples']:,} digits each; real-data floor "
-             f"{floor:.3f}) on {r['hardware']['gpu'] or 'CPU'}, commit {(r['git_commit'] or 'unknown')[:7]}; "
+             f"{floor:.3f} on 10,000 digits) on {r['hardware']['gpu'] or 'CPU'}, commit {(r['git_commit'] or 'unknown')[:7]}; "
              f"`{r['command']}`.", "",
              "| scheduler | " + " | ".join(f"{s} steps" for s in r["steps"]) + " |",
              "|---|" + "---|" * len(r["steps"])]
@@ -58,9 +57,7 @@ def markdown(r) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
-    folder = Path(args.pipeline)
-    if not (folder / "model_index.json").is_file():
-        sys.exit(f"--pipeline {folder} is not a pipeline folder (no model_index.json); pass a training run's output_dir")
+    folder = pipeline_folder(args.pipeline)
     from pipeline.classifier import get_classifier
     from pipeline.metrics import get_reference
 
@@ -72,17 +69,11 @@ def main(argv=None):
     scores, _ = quality(sampler, runs, args.batch_size, classifier, reference, args.seed)
 
     hw = hardware(device)
-    commit, dirty = git_state(args.commit)
     name = args.name or f"solvers-{machine_name(hw)}-{datetime.datetime.now().strftime('%Y%m%d-%H%M')}"
-    result = {"name": name, "command": shlex.join(["python", *sys.argv]), "git_commit": commit, "git_dirty": dirty,
-              "created": datetime.datetime.now().astimezone().isoformat(), "hardware": hw, "pipeline": str(folder),
-              "schedulers": args.schedulers, "steps": args.steps, "num_samples": args.num_samples, "seed": args.seed,
+    result = {**provenance(name, hw, args.commit), "pipeline": str(folder), "schedulers": args.schedulers,
+              "steps": args.steps, "num_samples": args.num_samples, "seed": args.seed,
               "real_data_floor": reference.floor, "scores": scores}
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / f"{name}.md").write_text(markdown(result))
-    print("\n" + markdown(result) + f"\nwrote {out / name}.json and .md")
+    save_result(result, markdown(result), args.output)
     return result
 
 
