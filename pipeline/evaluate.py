@@ -33,6 +33,10 @@ import torch
 
 from pipeline.errors import UserError, run_cli
 
+MIN_SAMPLES = 10  # precision/recall need k+1 neighbours; below this the numbers mean nothing
+TABLE = [("fid", "FID", "lower is better"), ("precision", "precision", "realism"),
+         ("recall", "recall", "coverage"), ("kl_to_uniform", "KL to uniform", "class balance, 0 = even"),
+         ("mean_confidence", "mean confidence", "judge's max softmax")]
 
 
 def scheduler_spec(text):
@@ -44,11 +48,6 @@ def scheduler_spec(text):
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e))
     return text
-
-MIN_SAMPLES = 10  # precision/recall need k+1 neighbours; below this the numbers mean nothing
-TABLE = [("fid", "FID", "lower is better"), ("precision", "precision", "realism"),
-         ("recall", "recall", "coverage"), ("kl_to_uniform", "KL to uniform", "class balance, 0 = even"),
-         ("mean_confidence", "mean confidence", "judge's max softmax")]
 
 
 def parse_args(argv):

@@ -7,6 +7,7 @@ would start at t=900, not 999) and `clip_sample=False` (DDPM/DDIM default to cli
 latents).
 """
 
+import difflib
 import inspect
 
 from diffusers import (
@@ -55,10 +56,12 @@ def parse_scheduler(spec: str):
         if not eq or not key:
             raise ValueError(f"scheduler option {item!r} in {spec!r} is not key=value; write e.g. {name}:solver_order=3")
         options[key.strip()] = _value(value.strip())
-    unknown = set(options) - set(inspect.signature(SCHEDULERS[name].__init__).parameters)
-    if unknown:
-        raise ValueError(f"{SCHEDULERS[name].__name__} takes no option {', '.join(sorted(unknown))}; "
-                         f"see its documentation for valid ones")
+    valid = [k for k in inspect.signature(SCHEDULERS[name].__init__).parameters if k != "self"]
+    for key in options:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"valid options: {', '.join(valid)}"
+            raise ValueError(f"{SCHEDULERS[name].__name__} takes no option {key}; {hint}")
     return name, options
 
 

@@ -99,4 +99,4 @@ def test_evaluate_user_errors_are_one_line(tmp_path):
     proc = run_evaluate("--pipeline", tmp_path, "--num_samples", 0)
     assert proc.returncode == 2 and "--num_samples must be a positive integer" in proc.stderr
     proc = run_evaluate("--pipeline", tmp_path, "--scheduler", "dpm:solver_ordr=3")
-    assert proc.returncode == 2 and "DPMSolverMultistepScheduler takes no option solver_ordr" in proc.stderr
+    assert proc.returncode == 2 and "DPMSolverMultistepScheduler takes no option solver_ordr; did you mean solver_order?" in proc.stderr
