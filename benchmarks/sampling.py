@@ -8,6 +8,7 @@ except where sampling_cost.py --compile asks for it), and every timing waits for
 includes moving the digits to the CPU.
 """
 
+import sys
 import time
 
 import numpy as np
@@ -48,6 +49,18 @@ class LatentSampler:
         images = self._copies[scheduler](batch_size=batch_size, generator=generator, output_type="np",
                                          num_inference_steps=num_inference_steps).images  # float (N, 28, 28, 1)
         return np.clip(np.round(images[..., 0] * 255.0), 0, 255).astype(np.uint8)
+
+
+def check_schedulers(sampler, specs, steps):
+    """Exit with a one-line error, before any sampling, if a scheduler spec cannot run at one of these step counts."""
+    from pipeline.schedulers import check_steps
+
+    for spec in specs:
+        for n in steps:
+            try:
+                check_steps(spec, sampler.pipe.scheduler.config, n)
+            except ValueError as e:
+                sys.exit(f"error: {e}")
 
 
 def _sync(device):

@@ -22,7 +22,7 @@ import torch  # noqa: E402
 
 from benchmarks.run_benchmark import (add_commit_option, hardware, machine_name, pipeline_folder,  # noqa: E402
                                       provenance, save_result)
-from benchmarks.sampling import LatentSampler, batch_sweep  # noqa: E402
+from benchmarks.sampling import LatentSampler, batch_sweep, check_schedulers  # noqa: E402
 from pipeline.evaluate import scheduler_spec  # noqa: E402
 
 
@@ -71,6 +71,7 @@ def main(argv=None):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     hw = hardware(device)
     sampler = LatentSampler(folder, device, compile_mode=None if args.compile == "none" else args.compile)
+    check_schedulers(sampler, [args.scheduler], args.steps)
     rows = []
     for steps in args.steps:
         rows += batch_sweep(sampler, args.batches, steps, max(args.batches), args.scheduler)  # no out-of-memory search: all asked for

@@ -22,7 +22,7 @@ import torch  # noqa: E402
 
 from benchmarks.run_benchmark import (add_commit_option, hardware, machine_name, pipeline_folder,  # noqa: E402
                                       provenance, save_result)
-from benchmarks.sampling import LatentSampler, quality  # noqa: E402
+from benchmarks.sampling import LatentSampler, check_schedulers, quality  # noqa: E402
 from benchmarks.sampling_cost import int_list  # noqa: E402
 from pipeline.evaluate import scheduler_spec  # noqa: E402
 
@@ -62,9 +62,10 @@ def main(argv=None):
     from pipeline.metrics import get_reference
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sampler = LatentSampler(folder, device)
+    check_schedulers(sampler, args.schedulers, args.steps)  # before the judge: a bad spec fails at once
     classifier = get_classifier(data_dir=args.data_dir, device="cpu")  # the benchmark's judge (see run_benchmark.py)
     reference = get_reference(data_dir=args.data_dir, classifier=classifier)
-    sampler = LatentSampler(folder, device)
     runs = [(name, steps, args.num_samples) for name in args.schedulers for steps in args.steps]
     scores, _ = quality(sampler, runs, args.batch_size, classifier, reference, args.seed)
 

@@ -221,6 +221,8 @@ def evaluate_autoencoder(autoencoder, output_dir, batch_size=1000, dataset="ylec
 
 
 def main(argv=None):
+    from pipeline.schedulers import check_steps
+
     args = parse_args(argv)
     path = Path(args.pipeline).expanduser()
     kind = model_kind(path)
@@ -238,10 +240,15 @@ def main(argv=None):
     settings = dict(num_samples=args.num_samples, num_inference_steps=args.num_inference_steps,
                     scheduler=args.scheduler, seed=args.seed, batch_size=args.batch_size, dataset=args.dataset,
                     data_dir=args.data_dir)
+    pipe = load_pipeline(path, device)
+    try:  # before the judge and the sampling: a scheduler that cannot run these steps fails now, in one line
+        check_steps(args.scheduler, pipe.scheduler.config, args.num_inference_steps)
+    except ValueError as e:
+        raise UserError(str(e))
     if args.guidance_scales is not None:
         from pipeline.guidance import guidance_sweep
-        return guidance_sweep(load_pipeline(path, device), out, args.guidance_scales, **settings)
-    return evaluate_pipeline(load_pipeline(path, device), out, **settings)
+        return guidance_sweep(pipe, out, args.guidance_scales, **settings)
+    return evaluate_pipeline(pipe, out, **settings)
 
 
 if __name__ == "__main__":

@@ -237,6 +237,12 @@ class LatentDDPMPipeline(DiffusionPipeline):
         # 2. Set the timesteps (img2img keeps only the last `strength` fraction and noises the latents to its start)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
+        if getattr(self.scheduler, "order", 1) == 1 and len(set(timesteps.tolist())) < len(timesteps):
+            # e.g. Karras sigmas on a cosine schedule: its huge sigma_max crowds the steps at t=999, and the
+            # scheduler fails mid-loop with an IndexError. (Heun-like schedulers, order 2, repeat by design.)
+            raise ValueError(f"{type(self.scheduler).__name__} repeats timesteps at {num_inference_steps} steps "
+                             f"({timesteps.tolist()}): its sigma options do not suit this noise schedule; "
+                             "drop them (e.g. use_karras_sigmas) or use another scheduler.")
         if image is not None:
             timesteps = self.get_timesteps(num_inference_steps, strength)
             if len(timesteps) > 0:  # strength 0 (or too small for one step): plain reconstruction

@@ -79,6 +79,18 @@ def make_scheduler(spec: str, config):
     return cls.from_config(getattr(config, "config", config), **{**overrides, **options})
 
 
+def check_steps(spec: str, config, num_inference_steps: int):
+    """Raise ValueError (naming the fix) if `spec` at this many steps would repeat a timestep: Karras sigmas on
+    the cosine schedule do, and the pipeline refuses them; checked before any sampling or scoring starts."""
+    scheduler = make_scheduler(spec, config)
+    scheduler.set_timesteps(num_inference_steps)
+    t = [int(x) for x in scheduler.timesteps]
+    if len(set(t)) < len(t):
+        raise ValueError(f"scheduler {spec!r} repeats timesteps at {num_inference_steps} steps ({t}) with this "
+                         f"model's {scheduler.config.beta_schedule} noise schedule; drop its sigma options "
+                         "(e.g. use_karras_sigmas) or use another scheduler")
+
+
 def make_train_scheduler(num_train_timesteps: int = 1000, beta_schedule: str = "linear", prediction_type: str = "epsilon"):
     """The DDPM noise schedule used for training (and saved with the pipeline); latents are never clipped."""
     if beta_schedule not in BETA_SCHEDULES:

@@ -192,6 +192,7 @@ def test_sampling_cost_times_every_batch_and_step_count(tmp_path):
 
 def test_solvers_scores_every_scheduler_and_step_count(tmp_path, mnist_dir):
     from pipeline.export import save_pipeline_folder
+    from pipeline.schedulers import make_train_scheduler
     from test_conditional import tiny_pipe
 
     save_pipeline_folder(tiny_pipe(conditional=False), tmp_path / "pipe")
@@ -210,6 +211,15 @@ def test_solvers_scores_every_scheduler_and_step_count(tmp_path, mnist_dir):
 
     bad = subprocess.run([*cmd[:5], "dpm:order=3"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "takes no option order" in bad.stderr and "Traceback" not in bad.stderr
+
+    pipe = tiny_pipe(conditional=False)  # a cosine-schedule model, where Karras sigmas repeat timesteps
+    pipe.scheduler = make_train_scheduler(1000, "squaredcos_cap_v2", "v_prediction")
+    save_pipeline_folder(pipe, tmp_path / "cosine")
+    bad = subprocess.run([*cmd[:3], str(tmp_path / "cosine"), "--schedulers", "dpm", "dpm:use_karras_sigmas=true",
+                          "--steps", "8", "--output", str(tmp_path / "bad")], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode != 0 and "repeats timesteps at 8 steps" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad").exists()  # refused before any sampling or scoring
 
 
 def test_compiled_sampler_draws_the_same_digits_as_eager(tmp_path):

@@ -7,6 +7,7 @@ running this file alone costs one classifier training; with test_metrics.py it i
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +101,19 @@ def test_evaluate_user_errors_are_one_line(tmp_path):
     assert proc.returncode == 2 and "--num_samples must be a positive integer" in proc.stderr
     proc = run_evaluate("--pipeline", tmp_path, "--scheduler", "dpm:solver_ordr=3")
     assert proc.returncode == 2 and "DPMSolverMultistepScheduler takes no option solver_ordr; did you mean solver_order?" in proc.stderr
+
+
+def test_evaluate_refuses_a_scheduler_that_repeats_timesteps_in_one_line(tiny_pipeline, tmp_path):
+    """Karras sigmas on a cosine-schedule model: one line naming the fix, before the judge or any sampling."""
+    from diffusers import DDPMScheduler
+
+    cosine = tmp_path / "cosine"
+    shutil.copytree(tiny_pipeline, cosine)
+    DDPMScheduler.from_pretrained(cosine / "scheduler", beta_schedule="squaredcos_cap_v2").save_pretrained(
+        cosine / "scheduler")
+    proc = run_evaluate("--pipeline", cosine, "--scheduler", "dpm:use_karras_sigmas=true", "--num_inference_steps", 8,
+                        "--num_samples", 16, "--device", "cpu", "--output_dir", tmp_path / "out")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: scheduler 'dpm:use_karras_sigmas=true' repeats timesteps")
+    assert not (tmp_path / "out" / "samples.npz").exists()

@@ -120,6 +120,22 @@ def test_make_scheduler_bad_options_say_what_is_wrong(spec, message):
         make_scheduler(spec, make_train_scheduler().config)
 
 
+def test_repeated_timesteps_are_refused_before_sampling_with_the_fix_named():
+    """Karras sigmas on the cosine schedule crowd the steps at t=999; diffusers would fail mid-loop."""
+    from pipeline.schedulers import check_steps
+
+    cosine = make_train_scheduler(1000, "squaredcos_cap_v2", "v_prediction")
+    with pytest.raises(ValueError, match=r"repeats timesteps at 4 steps .*drop its sigma options"):
+        check_steps("dpm:use_karras_sigmas=true", cosine, 4)
+    check_steps("dpm:use_karras_sigmas=true", make_train_scheduler(1000, "linear", "v_prediction"), 4)  # fine there
+    check_steps("dpm", cosine, 4)
+
+    pipe = make_pipe()
+    pipe.scheduler = make_scheduler("dpm:use_karras_sigmas=true", cosine)
+    with pytest.raises(ValueError, match="DPMSolverMultistepScheduler repeats timesteps at 4 steps"):
+        pipe(batch_size=1, num_inference_steps=4, generator=gen())
+
+
 def test_make_train_scheduler_rejects_unknown_settings():
     with pytest.raises(ValueError, match="beta_schedule"):
         make_train_scheduler(1000, "cosine", "epsilon")
