@@ -22,11 +22,14 @@ QUALITY_KEYS = ("fid", "precision", "recall", "kl_to_uniform", "mean_confidence"
 class LatentSampler:
     """The project's pipeline, loaded from its folder as users load it, with a scheduler by name."""
 
-    def __init__(self, folder, device, compile_mode=None):
+    def __init__(self, folder, device, compile_mode=None, channels_last=False):
         from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
 
         self.pipe = LatentDDPMPipeline.from_pretrained(str(folder)).to(device)
         self.pipe.set_progress_bar_config(disable=True)
+        if channels_last:  # NHWC weights: cuDNN/Triton convolutions may run faster (measure, do not assume)
+            self.pipe.unet.to(memory_format=torch.channels_last)
+            self.pipe.autoencoder.to(memory_format=torch.channels_last)
         if compile_mode:  # the UNet runs once per step, the decoder once per call ("max-autotune" adds CUDA graphs)
             mode = None if compile_mode == "default" else compile_mode
             self.pipe.unet = torch.compile(self.pipe.unet, mode=mode)

@@ -48,14 +48,18 @@ def parse_args(argv=None):
     p.add_argument("--compile", choices=("none", "default", "reduce-overhead", "max-autotune"), default="none",
                    help="torch.compile the UNet and the decoder with this mode (max-autotune and reduce-overhead use CUDA graphs); "
                    "compilation happens in each size's warm-up call, outside the timing")
+    p.add_argument("--channels_last", action="store_true",
+                   help="put the UNet and autoencoder weights in channels_last (NHWC) memory format")
     add_commit_option(p)
     return p.parse_args(argv)
 
 
 def markdown(r) -> str:
     steps = sorted({row["num_inference_steps"] for row in r["rows"]})
+    layout = ", channels_last" if r.get("channels_last") else ""
     lines = [f"Sampling cost of `{r['pipeline']}` on {r['hardware']['gpu'] or 'CPU'} "
-             f"({r['hardware']['cpu_count']} cores), `{r.get('scheduler', 'dpm')}`, torch.compile {r.get('compile', 'none')}, commit {(r['git_commit'] or 'unknown')[:7]}; `{r['command']}`.", "",
+             f"({r['hardware']['cpu_count']} cores), `{r.get('scheduler', 'dpm')}`, torch.compile "
+             f"{r.get('compile', 'none')}{layout}, commit {(r['git_commit'] or 'unknown')[:7]}; `{r['command']}`.", "",
              "| batch | " + " | ".join(f"{s} steps: s / digits per s" for s in steps) + " |",
              "|---|" + "---|" * len(steps)]
     for batch in sorted({row["batch_size"] for row in r["rows"]}):
@@ -70,7 +74,8 @@ def main(argv=None):
     folder = pipeline_folder(args.pipeline)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     hw = hardware(device)
-    sampler = LatentSampler(folder, device, compile_mode=None if args.compile == "none" else args.compile)
+    sampler = LatentSampler(folder, device, compile_mode=None if args.compile == "none" else args.compile,
+                            channels_last=args.channels_last)
     check_schedulers(sampler, [args.scheduler], args.steps)
     rows = []
     for steps in args.steps:
@@ -80,7 +85,8 @@ def main(argv=None):
                   f"{row['digits_per_s']:10.1f} digits/s", flush=True)
     name = args.name or f"sampling-cost-{machine_name(hw)}-{datetime.datetime.now().strftime('%Y%m%d-%H%M')}"
     result = {**provenance(name, hw, args.commit), "pipeline": str(folder), "compile": args.compile,
-              "scheduler": args.scheduler, "parameters": sampler.parameters(), "rows": rows}
+              "channels_last": args.channels_last, "scheduler": args.scheduler,
+              "parameters": sampler.parameters(), "rows": rows}
     save_result(result, markdown(result), args.output)
     return result
 

@@ -176,7 +176,7 @@ def test_sampling_cost_times_every_batch_and_step_count(tmp_path):
     folder = tmp_path / "pipe"
     save_pipeline_folder(tiny_pipe(conditional=False), folder)
     cmd = [sys.executable, "benchmarks/sampling_cost.py", "--pipeline", str(folder), "--batches", "1,4",
-           "--steps", "2,3", "--output", str(tmp_path / "out"), "--name", "cost"]
+           "--steps", "2,3", "--output", str(tmp_path / "out"), "--name", "cost", "--channels_last"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads((tmp_path / "out" / "cost.json").read_text())
@@ -184,7 +184,7 @@ def test_sampling_cost_times_every_batch_and_step_count(tmp_path):
     for row in r["rows"]:
         assert row["seconds"] > 0 and row["digits_per_s"] == pytest.approx(row["batch_size"] / row["seconds"])
     md = (tmp_path / "out" / "cost.md").read_text()
-    assert "| 4 | " in md and "3 steps" in md and r["git_commit"]
+    assert "| 4 | " in md and "3 steps" in md and "channels_last" in md and r["channels_last"] and r["git_commit"]
 
     bad = subprocess.run([*cmd[:3], str(tmp_path), *cmd[4:]], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "not a pipeline folder" in bad.stderr and "Traceback" not in bad.stderr
@@ -223,7 +223,7 @@ def test_solvers_scores_every_scheduler_and_step_count(tmp_path, mnist_dir):
 
 
 def test_compiled_sampler_draws_the_same_digits_as_eager(tmp_path):
-    """sampling_cost.py --compile must speed sampling up, not change what is sampled."""
+    """sampling_cost.py --compile / --channels_last may change the speed of sampling, not what is sampled."""
     import torch
 
     from benchmarks.sampling import LatentSampler, timed_call
@@ -239,6 +239,11 @@ def test_compiled_sampler_draws_the_same_digits_as_eager(tmp_path):
     b, _ = timed_call(compiled, 3, 2, seed=5)
     assert a.shape == b.shape == (3, 28, 28) and a.std() > 0
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 2  # uint8 digits; compiled kernels round differently
+
+    nhwc = LatentSampler(tmp_path / "pipe", torch.device("cpu"), channels_last=True)
+    assert nhwc.pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    c, _ = timed_call(nhwc, 3, 2, seed=5)
+    assert np.abs(a.astype(int) - c.astype(int)).max() <= 2  # a memory layout changes speed, not digits
 
 
 def test_explicit_commit_wins_over_git_and_report_states_unequal_budgets():
