@@ -70,6 +70,14 @@ def _digits_to_unit_tensor(image) -> torch.Tensor:
     return image
 
 
+def repeats_timesteps(scheduler) -> bool:
+    """Whether a one-step-per-timestep scheduler's current timesteps repeat one: Karras sigmas on a cosine
+    schedule do (its huge sigma_max crowds the steps at t=999), and the scheduler then fails mid-loop.
+    Schedulers of order 2 (Heun-like) repeat timesteps by design."""
+    t = scheduler.timesteps.tolist()
+    return getattr(scheduler, "order", 1) == 1 and len(set(t)) < len(t)
+
+
 def _load_component(model_cls, folder, subfolder, torch_dtype=None):
     """Load one model, turning a missing or damaged weights file into an error that names it."""
     try:
@@ -237,9 +245,7 @@ class LatentDDPMPipeline(DiffusionPipeline):
         # 2. Set the timesteps (img2img keeps only the last `strength` fraction and noises the latents to its start)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
-        if getattr(self.scheduler, "order", 1) == 1 and len(set(timesteps.tolist())) < len(timesteps):
-            # e.g. Karras sigmas on a cosine schedule: its huge sigma_max crowds the steps at t=999, and the
-            # scheduler fails mid-loop with an IndexError. (Heun-like schedulers, order 2, repeat by design.)
+        if repeats_timesteps(self.scheduler):
             raise ValueError(f"{type(self.scheduler).__name__} repeats timesteps at {num_inference_steps} steps "
                              f"({timesteps.tolist()}): its sigma options do not suit this noise schedule; "
                              "drop them (e.g. use_karras_sigmas) or use another scheduler.")

@@ -82,10 +82,12 @@ def make_scheduler(spec: str, config):
 def check_steps(spec: str, config, num_inference_steps: int):
     """Raise ValueError (naming the fix) if `spec` at this many steps would repeat a timestep: Karras sigmas on
     the cosine schedule do, and the pipeline refuses them; checked before any sampling or scoring starts."""
+    from .pipeline_latent_ddpm import repeats_timesteps  # the very test the pipeline applies
+
     scheduler = make_scheduler(spec, config)
     scheduler.set_timesteps(num_inference_steps)
-    t = [int(x) for x in scheduler.timesteps]
-    if len(set(t)) < len(t):
+    if repeats_timesteps(scheduler):
+        t = [int(x) for x in scheduler.timesteps]
         raise ValueError(f"scheduler {spec!r} repeats timesteps at {num_inference_steps} steps ({t}) with this "
                          f"model's {scheduler.config.beta_schedule} noise schedule; drop its sigma options "
                          "(e.g. use_karras_sigmas) or use another scheduler")
