@@ -263,3 +263,23 @@ def test_explicit_commit_wins_over_git_and_report_states_unequal_budgets():
     capped = report._budget(run(439, 420), ["project", "baseline"])
     assert "420 s" in capped and "96%" in capped and "439 s" in capped
     assert report._budget(run(439, 420), ["project"]) == ""
+
+
+def test_flops_counts_what_a_sampled_digit_costs_for_configs_and_overrides():
+    from benchmarks.flops import count
+
+    full = count()
+    small = count(["--autoencoder.block_out_channels", "[32,64,128]"],
+                  ["--unet.block_out_channels", "[64,128]", "--unet.attention_head_dim", "32"])
+    assert (full["unet"], small["unet"]) == ([128, 256], [64, 128])  # the configs as training builds them
+    # Halving every width cuts a convolution's multiply-adds about 4x.
+    assert 3 < full["unet_call"] / small["unet_call"] < 5
+    assert full["decode"] > small["decode"] > 0 and full["encode"] > 0
+    assert full["unet_parameters"] > small["unet_parameters"]
+
+    proc = subprocess.run([sys.executable, "benchmarks/flops.py", "--steps", "20"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and "one sampled digit at 20 steps:" in proc.stdout, proc.stderr[-2000:]
+    bad = subprocess.run([sys.executable, "benchmarks/flops.py", "--ddpm_args=--unet.block_out_chanels [64,128]"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
