@@ -59,6 +59,8 @@ def markdown(r) -> str:
         q0 = next(r[k]["sampling"]["quality"][run] for k in keys if run in r[k]["sampling"]["quality"])
         name = "DPM-Solver++" if q0["scheduler"] == "dpm" else "DDPM"
         label = f"FID / precision / recall, {name} {q0['num_inference_steps']} steps ({q0['num_samples']:,} samples)"
+        if q0.get("floor_num_samples", 10_000) < 10_000:  # fewer samples: say what real digits score at that size
+            label += f"; {q0['floor_num_samples']:,} real digits score FID {q0['fid_floor']:.3g}"
         row = []
         for k in keys:
             q = r[k]["sampling"]["quality"].get(run)

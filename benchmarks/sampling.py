@@ -16,7 +16,9 @@ import torch
 
 from benchmarks.pixel_ddpm import autocast
 
-QUALITY_KEYS = ("fid", "precision", "recall", "kl_to_uniform", "mean_confidence", "num_samples")
+# Each score keeps the real-data floor at its own sample size (fewer samples bias FID upwards).
+QUALITY_KEYS = ("fid", "precision", "recall", "kl_to_uniform", "mean_confidence", "num_samples",
+                "fid_floor", "precision_floor", "recall_floor", "floor_num_samples")
 
 
 class LatentSampler:

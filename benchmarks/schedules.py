@@ -100,8 +100,8 @@ def score_variant(folder, args, device):
     for scheduler, steps, n in runs:
         m = evaluate_pipeline(pipe, folder / f"eval_{scheduler}_{steps}", num_samples=n, num_inference_steps=steps,
                               scheduler=scheduler, seed=args.seed, batch_size=min(n, 1000), data_dir=args.data_dir)
-        scores[f"{scheduler}_{steps}"] = {k: m[k] for k in ("fid", "precision", "recall", "kl_to_uniform",
-                                                             "mean_confidence", "num_samples", "digits_per_second")}
+        scores[f"{scheduler}_{steps}"] = {k: m[k] for k in ("fid", "precision", "recall", "kl_to_uniform", "mean_confidence",
+                                                             "num_samples", "digits_per_second", "fid_floor")}
         if digits is None or steps == 20:
             with np.load(folder / f"eval_{scheduler}_{steps}" / "samples.npz") as z:
                 digits = z["images"][:64]
@@ -116,7 +116,8 @@ def markdown(r) -> str:
              f"{(r['git_commit'] or 'unknown')[:7]}; `{r['command']}`.",
              f"Same autoencoder, config, seed and {r['steps']:,} training steps for every row; FID / precision / "
              f"recall in the judge's feature space on {r['num_samples']:,} samples (real-data floor: FID "
-             f"{floor['fid']:.2f}, precision {floor['precision']:.2f}, recall {floor['recall']:.2f}).", "",
+             f"{floor['fid']:.2f}, precision {floor['precision']:.2f}, recall {floor['recall']:.2f}"
+             f"{_same_size(r)}).", "",
              "| schedule | target | min-SNR | train s | " + " | ".join(f"FID {k.replace('_', '-')}" for k in keys)
              + f" | precision / recall ({pr_key.replace('_', '-')}) |",
              "|---|---|---|---|" + "---|" * len(keys) + "---|"]
@@ -127,6 +128,14 @@ def markdown(r) -> str:
                      + " | ".join(f"{v['scores'][k]['fid']:.2f}" for k in keys)
                      + f" | {pr['precision']:.2f} / {pr['recall']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def _same_size(r) -> str:
+    """What real digits score at the sample size of the table, when it is below the 10,000 of the floor."""
+    first = next(iter(next(iter(r["variants"].values()))["scores"].values()))
+    if "fid_floor" not in first or r["num_samples"] >= 10_000:  # results from before the floor followed the size
+        return " on 10,000 digits"
+    return f" on 10,000 digits; {r['num_samples']:,} real digits score FID {first['fid_floor']:.2f}"
 
 
 def figure(result, digits, path):

@@ -45,8 +45,11 @@ def parse_args(argv=None):
 
 def markdown(r) -> str:
     floor = r["real_data_floor"]["fid"]
+    first = next(iter(r["scores"].values()))
+    same = (f", {r['num_samples']:,} real digits score {first['fid_floor']:.3f}"
+            if "fid_floor" in first and r["num_samples"] < 10_000 else "")  # the floor at this table's sample size
     lines = [f"FID of `{r['pipeline']}` by sampler and steps ({r['num_samples']:,} digits each; real-data floor "
-             f"{floor:.3f} on 10,000 digits) on {r['hardware']['gpu'] or 'CPU'}, commit {(r['git_commit'] or 'unknown')[:7]}; "
+             f"{floor:.3f} on 10,000 digits{same}) on {r['hardware']['gpu'] or 'CPU'}, commit {(r['git_commit'] or 'unknown')[:7]}; "
              f"`{r['command']}`.", "",
              "| scheduler | " + " | ".join(f"{s} steps" for s in r["steps"]) + " |",
              "|---|" + "---|" * len(r["steps"])]

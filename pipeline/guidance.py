@@ -89,7 +89,7 @@ def guidance_sweep(pipe, output_dir, guidance_scales, num_samples=10_000, num_in
             per_class_accuracy=[float(correct[labels == c].mean()) for c in range(num_classes)],
             **{k: scores[k] for k in (*FLOOR_KEYS, "class_histogram")}, sampling_seconds=round(seconds, 3)))
 
-    floor = {k: reference.floor[k] for k in FLOOR_KEYS}
+    floor = {k: reference.floor_for(num_samples)[k] for k in FLOOR_KEYS}
     floor["class_accuracy"] = classifier_accuracy(dataset)  # the judge on real test digits
     result = dict(scales=rows, floor=floor, num_samples=num_samples, num_inference_steps=num_inference_steps,
                   scheduler=scheduler, seed=seed, batch_size=batch_size, device=str(pipe.device), dataset=dataset)

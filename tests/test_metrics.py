@@ -76,10 +76,14 @@ def test_classifier_is_a_trustworthy_judge_and_is_cached(judge, digits):
 # the scorer on real and damaged digits
 
 def test_real_digits_score_near_the_floor(judge, scored):
-    floor, real = judge[1].floor, scored["real"]
+    reference, real = judge[1], scored["real"]
+    floor = reference.floor
     assert 0 < floor["fid"] < 3  # train vs test in the judge's feature space: nearly the same distribution
-    assert real["fid_floor"] == floor["fid"]
-    assert real["fid"] < floor["fid"] + 3  # 2k samples carry a small upward bias
+    # N digits are read against N real digits: FID's small-sample bias is in both numbers.
+    assert real["floor_num_samples"] == N and real["fid_floor"] == reference.floor_for(N)["fid"]
+    assert real["fid_floor"] > floor["fid"]  # 2k samples score worse than 10k of the same real digits
+    assert abs(real["fid"] - real["fid_floor"]) < 1.5  # other real digits, same size: at the floor
+    assert reference.floor_for(10_000) == reference.floor_for(60_000) == floor  # 10k and up: the 10k floor
     assert real["precision"] > 0.75 and real["recall"] > 0.75
     assert floor["precision"] > 0.75 and floor["recall"] > 0.75
     assert real["kl_to_uniform"] < 0.02
@@ -106,7 +110,7 @@ def test_score_schema(scored):
     s = scored["real"]
     for key in ("fid", "precision", "recall", "kl_to_uniform", "mean_confidence"):
         assert isinstance(s[key], float) and isinstance(s[key + "_floor"], float), key
-    assert s["num_samples"] == N
+    assert s["num_samples"] == N and isinstance(s["floor_num_samples"], int)
     assert len(s["class_histogram"]) == 10 and sum(s["class_histogram"]) == N
     assert all(isinstance(c, int) for c in s["class_histogram"])
     json.dumps(s, allow_nan=False)  # straight into metrics.json
@@ -117,7 +121,22 @@ def test_reference_is_cached_and_reused(judge, mnist_dir):
     assert (folder / "reference.npz").is_file()
     again = get_reference(data_dir=mnist_dir, classifier=classifier)
     assert again.floor == reference.floor and np.array_equal(again.test_features, reference.test_features)
+    assert np.array_equal(again.train_features, reference.train_features)
     assert reference.test_features.shape == (10_000, classifier.config.feature_dim)
+
+
+def test_floor_by_size_cli_prints_the_cached_judges_floors(judge, mnist_dir, capsys):
+    from pipeline.metrics import main
+    reference = judge[1]
+    main(["--sizes", "500,2000,10000", "--data_dir", str(mnist_dir)])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[0].isdigit()]
+    assert [int(r[0]) for r in rows] == [500, 2000, 10_000]
+    fids = [float(r[1]) for r in rows]
+    assert fids[0] > fids[1] > fids[2]  # fewer real digits, more small-sample bias
+    assert fids[2] == pytest.approx(reference.floor["fid"], rel=1e-3)  # 10k: the floor every result is read against
+    for bad in ("2000,abc", "5,2000", "20000"):
+        with pytest.raises(UserError, match="--sizes"):
+            main(["--sizes", bad, "--data_dir", str(mnist_dir)])
 
 
 # -----------------------------------------------------------------------------
