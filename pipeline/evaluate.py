@@ -142,7 +142,7 @@ def sample_digits(pipe, num_samples, batch_size, num_inference_steps, seed, clas
 
 def print_table(metrics: dict):
     # real data: as many real training digits as samples (up to 10,000), so both carry the same sample-size bias
-    print(f"\n{'':16}{'model':>10}{'real data':>11}   ({metrics['floor_num_samples']} real digits vs the test split)")
+    print(f"\n{'':16}{'model':>10}{'real data':>11}   ({metrics['floor_num_samples']} real images vs the test split)")
     for key, label, hint in TABLE:
         print(f"{label:16}{metrics[key]:10.4g}{metrics[key + '_floor']:11.4g}   {hint}")
     hist = " ".join(str(c) for c in metrics["class_histogram"])
