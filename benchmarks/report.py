@@ -14,6 +14,13 @@ MODELS = {"project": "latent DDPM (this project)", "baseline": "pixel DDPM (diff
 GIB = 2 ** 30
 
 
+def same_size_floor(score) -> str:
+    """What real digits score at a score's sample size when it is under the 10,000-digit floor, else ''
+    (also '' for results saved before each score kept the floor at its own size)."""
+    n = score.get("floor_num_samples", 10_000)
+    return "" if n >= 10_000 else f"{n:,} real digits score FID {score['fid_floor']:.3g}"
+
+
 def _num(x, digits=3):
     return "n/a" if x is None else f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.{digits}g}"
 
@@ -59,8 +66,8 @@ def markdown(r) -> str:
         q0 = next(r[k]["sampling"]["quality"][run] for k in keys if run in r[k]["sampling"]["quality"])
         name = "DPM-Solver++" if q0["scheduler"] == "dpm" else "DDPM"
         label = f"FID / precision / recall, {name} {q0['num_inference_steps']} steps ({q0['num_samples']:,} samples)"
-        if q0.get("floor_num_samples", 10_000) < 10_000:  # fewer samples: say what real digits score at that size
-            label += f"; {q0['floor_num_samples']:,} real digits score FID {q0['fid_floor']:.3g}"
+        if same_size_floor(q0):  # fewer samples: say what real digits score at that size
+            label += f"; {same_size_floor(q0)}"
         row = []
         for k in keys:
             q = r[k]["sampling"]["quality"].get(run)

@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks import project  # noqa: E402
+from benchmarks.report import same_size_floor  # noqa: E402
 from benchmarks.run_benchmark import add_commit_option, hardware, machine_name, provenance  # noqa: E402
 
 # name -> (beta schedule, prediction type, min-SNR gamma or None). Every combination of the three.
@@ -101,7 +102,8 @@ def score_variant(folder, args, device):
         m = evaluate_pipeline(pipe, folder / f"eval_{scheduler}_{steps}", num_samples=n, num_inference_steps=steps,
                               scheduler=scheduler, seed=args.seed, batch_size=min(n, 1000), data_dir=args.data_dir)
         scores[f"{scheduler}_{steps}"] = {k: m[k] for k in ("fid", "precision", "recall", "kl_to_uniform", "mean_confidence",
-                                                             "num_samples", "digits_per_second", "fid_floor")}
+                                                             "num_samples", "digits_per_second", "fid_floor",
+                                                             "floor_num_samples")}
         if digits is None or steps == 20:
             with np.load(folder / f"eval_{scheduler}_{steps}" / "samples.npz") as z:
                 digits = z["images"][:64]
@@ -132,10 +134,8 @@ def markdown(r) -> str:
 
 def _same_size(r) -> str:
     """What real digits score at the sample size of the table, when it is below the 10,000 of the floor."""
-    first = next(iter(next(iter(r["variants"].values()))["scores"].values()))
-    if "fid_floor" not in first or r["num_samples"] >= 10_000:  # results from before the floor followed the size
-        return " on 10,000 digits"
-    return f" on 10,000 digits; {r['num_samples']:,} real digits score FID {first['fid_floor']:.2f}"
+    note = same_size_floor(next(iter(next(iter(r["variants"].values()))["scores"].values())))
+    return " on 10,000 digits" + (f"; {note}" if note else "")
 
 
 def figure(result, digits, path):

@@ -20,6 +20,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/solvers.py` puts benchmarks/
 
 import torch  # noqa: E402
 
+from benchmarks.report import same_size_floor  # noqa: E402
 from benchmarks.run_benchmark import (add_commit_option, hardware, machine_name, pipeline_folder,  # noqa: E402
                                       provenance, save_result)
 from benchmarks.sampling import LatentSampler, check_schedulers, quality  # noqa: E402
@@ -45,9 +46,8 @@ def parse_args(argv=None):
 
 def markdown(r) -> str:
     floor = r["real_data_floor"]["fid"]
-    first = next(iter(r["scores"].values()))
-    same = (f", {r['num_samples']:,} real digits score {first['fid_floor']:.3f}"
-            if "fid_floor" in first and r["num_samples"] < 10_000 else "")  # the floor at this table's sample size
+    note = same_size_floor(next(iter(r["scores"].values())))  # the floor at this table's sample size
+    same = f", {note}" if note else ""
     lines = [f"FID of `{r['pipeline']}` by sampler and steps ({r['num_samples']:,} digits each; real-data floor "
              f"{floor:.3f} on 10,000 digits{same}) on {r['hardware']['gpu'] or 'CPU'}, commit {(r['git_commit'] or 'unknown')[:7]}; "
              f"`{r['command']}`.", "",

@@ -228,7 +228,7 @@ def main(argv=None):
     classifier = get_classifier(args.dataset, args.data_dir)
     reference = get_reference(args.dataset, args.data_dir, classifier)
     print(f"real-data floor of {args.dataset} (judge test accuracy {classifier_accuracy(args.dataset):.2%}): "
-          f"N of the first 10,000 training digits (a fixed random pick) against the test split")
+          f"N of the first {FLOOR_SIZE:,} training digits (a fixed random pick) against the test split")
     print(f"{'N':>7}{'FID':>9}{'precision':>11}{'recall':>9}{'KL to uniform':>15}")
     for n in sizes:
         f = reference.floor_for(n)
