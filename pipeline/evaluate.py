@@ -9,8 +9,14 @@ with a seeded generator and writes to `--output_dir`:
 and prints a table with the floor next to each number. The judge is our MNIST
 classifier (pipeline/classifier.py), trained once and cached.
 
+Next to the floor it prints what the same real images score after a trip through the
+pipeline's autoencoder (`*_reconstructed` in metrics.json): the best a latent model decoded
+by that autoencoder can reach, so a gap to the floor is the autoencoder's and the rest is the
+diffusion model's.
+
 For a CABAutoencoder folder (config.json, no model_index.json) it reports PSNR/SSIM of
-reconstructions over the whole test split instead (metrics.json: psnr, ssim, num_images).
+reconstructions over the whole test split instead (metrics.json: psnr, ssim, num_images),
+and the judge's scores of 10,000 reconstructed training images next to the floor.
 
 With `--guidance_scales 1,2,3,5` (class-conditional pipelines only) it sweeps classifier-free
 guidance instead: per scale, digits of every class in equal numbers, their FID / precision /
@@ -135,16 +141,19 @@ def sample_digits(pipe, num_samples, batch_size, num_inference_steps, seed, clas
                                                        guidance_scale=guidance_scale)
         images = pipe(batch_size=n, generator=generator, num_inference_steps=num_inference_steps,
                       output_type="np", **labels).images  # float32 (n, 28, 28, 1) in [0, 1]
-        out.append(np.clip(np.round(images[..., 0] * 255.0), 0, 255).astype(np.uint8))
+        out.append(_to_uint8(images[..., 0]))
         print(f"sampled {start + n}/{num_samples}", flush=True)
     return np.concatenate(out)
 
 
 def print_table(metrics: dict):
-    # real data: as many real training digits as samples (up to 10,000), so both carry the same sample-size bias
-    print(f"\n{'':16}{'model':>10}{'real data':>11}   ({metrics['floor_num_samples']} real images vs the test split)")
+    # real data: as many real training digits as samples (up to 10,000), so both carry the same sample-size bias;
+    # reconstructed: those same digits through the autoencoder
+    print(f"\n{'':16}{'model':>10}{'real data':>11}{'reconstructed':>15}   "
+          f"({metrics['floor_num_samples']} real images vs the test split; reconstructed: through the autoencoder)")
     for key, label, hint in TABLE:
-        print(f"{label:16}{metrics[key]:10.4g}{metrics[key + '_floor']:11.4g}   {hint}")
+        print(f"{label:16}{metrics[key]:10.4g}{metrics[key + '_floor']:11.4g}{metrics[key + '_reconstructed']:15.4g}"
+              f"   {hint}")
     hist = " ".join(str(c) for c in metrics["class_histogram"])
     print(f"classes 0-9     {hist}")
     print(f"speed           {metrics['digits_per_second']:.1f} digits/s "
@@ -158,6 +167,36 @@ def _prepare(output_dir) -> Path:
     except OSError as e:
         raise UserError(f"cannot create --output_dir {out} ({e.strerror}); pass a writable folder")
     return out
+
+
+def _to_uint8(images) -> np.ndarray:
+    return np.clip(np.round(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
+
+
+@torch.no_grad()
+def reconstruct(autoencoder, images_uint8, batch_size=1000) -> np.ndarray:
+    """float (N, 28, 28) in [0, 1]: uint8 digits encoded and decoded by `autoencoder`, batch by batch."""
+    from pipeline.data import to_digits, to_model_input
+
+    autoencoder.eval()
+    out = []
+    for i in range(0, len(images_uint8), batch_size):
+        x = to_model_input(images_uint8[i:i + batch_size]).to(autoencoder.device, autoencoder.dtype)
+        out.append(to_digits(autoencoder(x))[:, 0].float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def score_reconstructions(autoencoder, classifier, reference, num_samples, dataset="ylecun/mnist", data_dir=None,
+                          batch_size=1000) -> dict:
+    """`<metric>_reconstructed`: the judge on the floor's own `num_samples` real training images after a trip
+    through `autoencoder`. No latent model decoded by it can expect to score better."""
+    from pipeline.data import load_digits
+    from pipeline.metrics import FLOOR_SIZE, score_digits
+
+    train_x, _ = load_digits("train", dataset=dataset, data_dir=data_dir)
+    real = train_x[:FLOOR_SIZE][reference.floor_pick(num_samples)]
+    scores = score_digits(_to_uint8(reconstruct(autoencoder, real, batch_size)), classifier, reference)
+    return {f"{key}_reconstructed": scores[key] for key, _, _ in TABLE}
 
 
 def _write_metrics(metrics: dict, out: Path):
@@ -188,6 +227,8 @@ def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=
     save_grid(images[:100], out / "samples.png", nrow=10)
 
     metrics = score_digits(images, classifier, reference)
+    metrics.update(score_reconstructions(pipe.autoencoder, classifier, reference, num_samples, dataset, data_dir,
+                                         batch_size))
     metrics.update(scheduler=scheduler, num_inference_steps=num_inference_steps, seed=seed, batch_size=batch_size,
                    device=str(pipe.device), sampling_seconds=round(seconds, 3),
                    digits_per_second=round(num_samples / seconds, 2),
@@ -197,26 +238,32 @@ def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=
     return metrics
 
 
-@torch.no_grad()
 def evaluate_autoencoder(autoencoder, output_dir, batch_size=1000, dataset="ylecun/mnist", data_dir=None) -> dict:
-    """PSNR/SSIM of reconstructions of the whole test split; writes metrics.json and reconstructions.png."""
-    from pipeline.data import load_digits, to_digits, to_model_input
-    from pipeline.metrics import psnr_ssim
+    """PSNR/SSIM of reconstructions of the whole test split, and the judge's scores of reconstructed
+    training images next to the floor; writes metrics.json and reconstructions.png."""
+    from pipeline.classifier import get_classifier
+    from pipeline.data import load_digits
+    from pipeline.metrics import FLOOR_SIZE, get_reference, psnr_ssim
     from pipeline.visualisation import reconstruction_figure
 
     out = _prepare(output_dir)
-    autoencoder.eval()
     originals, _ = load_digits("test", dataset=dataset, data_dir=data_dir)
-    recons = []
-    for i in range(0, len(originals), batch_size):
-        x = to_model_input(originals[i:i + batch_size]).to(autoencoder.device, autoencoder.dtype)
-        recons.append(to_digits(autoencoder(x))[:, 0].float().cpu().numpy())
-    recons = np.concatenate(recons)
+    recons = reconstruct(autoencoder, originals, batch_size)
     scores = psnr_ssim(originals, recons)
     reconstruction_figure(originals, recons, out / "reconstructions.png")
     metrics = dict(psnr=scores["psnr"], ssim=scores["ssim"], num_images=scores["num_images"], dataset=dataset)
     print(f"\nreconstruction of {scores['num_images']} test digits: "
           f"PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f} (perfect: inf, 1)")
+
+    classifier = get_classifier(dataset, data_dir, device=autoencoder.device)
+    reference = get_reference(dataset, data_dir, classifier)
+    metrics.update(score_reconstructions(autoencoder, classifier, reference, FLOOR_SIZE, dataset, data_dir,
+                                         batch_size))
+    metrics.update({f"{key}_floor": reference.floor[key] for key, _, _ in TABLE}, floor_num_samples=FLOOR_SIZE)
+    print(f"\n{'':16}{'reconstructed':>15}{'real data':>11}   ({FLOOR_SIZE} training images vs the test split)")
+    for key, label, hint in TABLE:
+        print(f"{label:16}{metrics[key + '_reconstructed']:15.4g}{metrics[key + '_floor']:11.4g}   {hint}")
+    print("(the best a latent model decoded by this autoencoder can expect to score)")
     _write_metrics(metrics, out)
     return metrics
 

@@ -130,14 +130,21 @@ class Reference:
     train_logits: np.ndarray
     _floors: dict = field(default_factory=dict, repr=False)
 
+    def floor_pick(self, num_samples: int) -> np.ndarray:
+        """Which of the first FLOOR_SIZE training digits make the floor for `num_samples` samples.
+
+        A fixed random subset, not the first N: samples are drawn independently, while neighbouring
+        MNIST digits share writers (the first 2,000 score higher than most random 2,000 do)."""
+        if num_samples >= FLOOR_SIZE:
+            return np.arange(len(self.train_features))
+        return np.random.default_rng(0).permutation(len(self.train_features))[:num_samples]
+
     def floor_for(self, num_samples: int) -> dict:
         """The floor a set of `num_samples` digits is read against: real digits scored at that size."""
         if num_samples >= FLOOR_SIZE:
             return self.floor
         if num_samples not in self._floors:
-            # A fixed random subset, not the first N: samples are drawn independently, while neighbouring
-            # MNIST digits share writers (the first 2,000 score higher than most random 2,000 do).
-            pick = np.random.default_rng(0).permutation(len(self.train_features))[:num_samples]
+            pick = self.floor_pick(num_samples)
             floor = _summary(self.train_features[pick], self.train_logits[pick], self.test_features)
             floor.pop("class_histogram")
             self._floors[num_samples] = floor

@@ -27,7 +27,9 @@ METRIC_KEYS = {
     "recall_floor": float, "class_histogram": list, "kl_to_uniform": float, "kl_to_uniform_floor": float,
     "mean_confidence": float, "mean_confidence_floor": float, "num_samples": int, "scheduler": str,
     "num_inference_steps": int, "seed": int, "sampling_seconds": float, "digits_per_second": float,
-    "classifier_accuracy": float, "floor_num_samples": int,
+    "classifier_accuracy": float, "floor_num_samples": int, "fid_reconstructed": float,
+    "precision_reconstructed": float, "recall_reconstructed": float, "kl_to_uniform_reconstructed": float,
+    "mean_confidence_reconstructed": float,
 }
 
 
@@ -76,6 +78,9 @@ def test_evaluate_writes_samples_and_metrics_reproducibly(tiny_pipeline, tmp_pat
     assert metrics["classifier_accuracy"] >= 0.99
     assert metrics["floor_num_samples"] == 64  # read against 64 real digits, which carry the same sample-size bias
     assert metrics["fid"] > 5 * metrics["fid_floor"]  # random weights make no digits
+    # an untrained autoencoder cannot even pass real digits through: its ceiling is far from the floor
+    assert metrics["fid_reconstructed"] > 5 * metrics["fid_floor"]
+    assert "reconstructed" in proc.stdout  # the column in the printed table
     other = json.loads((b / "metrics.json").read_text())
     for key in ("fid", "precision", "recall", "class_histogram", "mean_confidence"):
         assert metrics[key] == other[key], key

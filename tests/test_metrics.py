@@ -198,7 +198,7 @@ def test_psnr_ssim_identical_and_against_skimage(digits):
 # -----------------------------------------------------------------------------
 # the autoencoder branch of `python -m pipeline.evaluate`, in-process
 
-def test_evaluate_autoencoder_folder_writes_psnr_ssim(tmp_path, mnist_dir):
+def test_evaluate_autoencoder_folder_writes_psnr_ssim_and_judge_scores(judge, tmp_path, mnist_dir):
     from pipeline.autoencoder import CABAutoencoder
     from pipeline.evaluate import main
 
@@ -212,6 +212,28 @@ def test_evaluate_autoencoder_folder_writes_psnr_ssim(tmp_path, mnist_dir):
     assert isinstance(metrics["psnr"], float) and isinstance(metrics["ssim"], float)
     assert metrics["psnr"] < 20 and metrics["ssim"] < 0.5  # an untrained autoencoder reconstructs badly
     assert (out / "reconstructions.png").is_file()
+    # ... and the judge sees it: 10,000 reconstructed training digits against the 10,000-digit floor
+    assert metrics["floor_num_samples"] == 10_000 and metrics["fid_floor"] == judge[1].floor["fid"]
+    assert metrics["fid_reconstructed"] > 10 * metrics["fid_floor"]
+    assert metrics["recall_reconstructed"] < metrics["recall_floor"]
+
+
+def test_perfect_reconstructions_score_exactly_the_floor(judge, mnist_dir):
+    # The reconstructed column must use the floor's own digits: an autoencoder that returns its input
+    # scores what real digits score, at every sample size.
+    from pipeline.evaluate import score_reconstructions
+
+    class Identity(torch.nn.Module):
+        device, dtype = torch.device("cpu"), torch.float32
+
+        def forward(self, x):
+            return x
+
+    classifier, reference, _ = judge
+    for n in (500, 10_000):
+        got = score_reconstructions(Identity(), classifier, reference, n, data_dir=mnist_dir)
+        for key in ("fid", "precision", "recall", "kl_to_uniform", "mean_confidence"):
+            assert got[f"{key}_reconstructed"] == pytest.approx(reference.floor_for(n)[key], abs=1e-6), (n, key)
 
 
 def test_evaluate_rejects_a_folder_that_is_no_model(tmp_path):
