@@ -125,7 +125,9 @@ def _model_card(pipe, metrics, has_grid, dataset, license, repo_id) -> str:
         lines += ["## Evaluation", "",
                   "Measured by this project's scorer (`python -m pipeline.evaluate`): FID, precision and recall on the "
                   "128-d features of a small MNIST classifier (not Inception), against the test split. Each `*_floor` "
-                  "is 10,000 real training digits scored the same way: what a perfect model would get.", "",
+                  "is as many real training digits as samples (`floor_num_samples`, at most 10,000) scored the same "
+                  "way: what a perfect model would get. Each `*_reconstructed` is those real digits passed through "
+                  "this pipeline's autoencoder: the best any latent model decoded by it can expect.", "",
                   "| metric | value |", "| --- | --- |"]
         lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
         lines += [""]
