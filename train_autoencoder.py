@@ -23,22 +23,10 @@ from pipeline.autoencoder import CABAutoencoder
 from pipeline.config import AutoencoderTrainConfig, parse_config, save_config
 from pipeline.data import load_digits, to_digits, to_model_input
 from pipeline.errors import run_cli
+from pipeline.latent_cache import encode_decode
 from pipeline.metrics import psnr_ssim
 
 logger = logging.getLogger("train_autoencoder")
-
-
-@torch.no_grad()
-def encode_decode(model, images_uint8, device, batch_size=1000):
-    """Latents and 28x28 reconstructions in [0, 1] for a set of uint8 digits."""
-    model.eval()
-    latents, recons = [], []
-    for i in range(0, len(images_uint8), batch_size):
-        x = to_model_input(images_uint8[i:i + batch_size]).to(device)
-        z = model.encode(x)
-        latents.append(z.float().cpu())
-        recons.append(to_digits(model.decode(z).float()).cpu())
-    return torch.cat(latents), torch.cat(recons)[:, 0].numpy()
 
 
 def main(argv):
@@ -119,14 +107,13 @@ def validate(accelerator, model, held_out, step):
 
 
 def finish(model, cfg, out, train_images, test_images, test_labels, loss_log):
-    device = next(model.parameters()).device
     model = model.float()
     # Unit-variance latents for the diffusion stage: estimated on up to 10k training digits.
-    latents, _ = encode_decode(model, train_images[:10000], device)
+    latents, _ = encode_decode(model, train_images[:10000])
     model.register_to_config(scaling_factor=float(1.0 / latents.std()))
     model.save_pretrained(out)
 
-    test_latents, recons = encode_decode(model, test_images, device)
+    test_latents, recons = encode_decode(model, test_images)
     originals = test_images.astype(np.float32) / 255.0
     m = psnr_ssim(originals, recons)
     metrics = {"psnr": m["psnr"], "ssim": m["ssim"], "num_images": m["num_images"],

@@ -47,13 +47,14 @@ class LatentSampler:
         return self.pipe.scheduler.config.num_train_timesteps
 
     def __call__(self, batch_size=1, num_inference_steps=20, scheduler="dpm", generator=None):
+        from pipeline.data import to_uint8
         from pipeline.schedulers import with_scheduler  # "dpm": DPM-Solver++, trailing spacing; "ddpm": no clipping
 
         if scheduler not in self._copies:
             self._copies[scheduler] = with_scheduler(self.pipe, scheduler)
         images = self._copies[scheduler](batch_size=batch_size, generator=generator, output_type="np",
                                          num_inference_steps=num_inference_steps).images  # float (N, 28, 28, 1)
-        return np.clip(np.round(images[..., 0] * 255.0), 0, 255).astype(np.uint8)
+        return to_uint8(images[..., 0])
 
 
 def check_schedulers(sampler, specs, steps):

@@ -272,3 +272,8 @@ def to_digits(x: torch.Tensor) -> torch.Tensor:
     """float (N,1,32,32) in [-1, 1] -> (N,1,28,28) in [0, 1]: crop the padding, rescale, clamp."""
     x = x[..., 2:-2, 2:-2]
     return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def to_uint8(images) -> np.ndarray:
+    """floats in [0, 1] (array or tensor, any shape) -> uint8 0..255, rounded and clipped: how digits are stored."""
+    return np.clip(np.round(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)

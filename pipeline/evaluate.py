@@ -133,6 +133,8 @@ def sample_digits(pipe, num_samples, batch_size, num_inference_steps, seed, clas
                   guidance_scale=1.0) -> np.ndarray:
     """uint8 (N, 28, 28): batches drawn in order from one generator seeded once on the pipeline's device.
     `class_labels` (N ints; class-conditional pipelines only) go out batch by batch, with `guidance_scale`."""
+    from pipeline.data import to_uint8
+
     generator = torch.Generator(device=pipe.device).manual_seed(seed)
     out = []
     for start in range(0, num_samples, batch_size):
@@ -141,7 +143,7 @@ def sample_digits(pipe, num_samples, batch_size, num_inference_steps, seed, clas
                                                        guidance_scale=guidance_scale)
         images = pipe(batch_size=n, generator=generator, num_inference_steps=num_inference_steps,
                       output_type="np", **labels).images  # float32 (n, 28, 28, 1) in [0, 1]
-        out.append(_to_uint8(images[..., 0]))
+        out.append(to_uint8(images[..., 0]))
         print(f"sampled {start + n}/{num_samples}", flush=True)
     return np.concatenate(out)
 
@@ -169,33 +171,17 @@ def _prepare(output_dir) -> Path:
     return out
 
 
-def _to_uint8(images) -> np.ndarray:
-    return np.clip(np.round(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
-
-
-@torch.no_grad()
-def reconstruct(autoencoder, images_uint8, batch_size=1000) -> np.ndarray:
-    """float (N, 28, 28) in [0, 1]: uint8 digits encoded and decoded by `autoencoder`, batch by batch."""
-    from pipeline.data import to_digits, to_model_input
-
-    autoencoder.eval()
-    out = []
-    for i in range(0, len(images_uint8), batch_size):
-        x = to_model_input(images_uint8[i:i + batch_size]).to(autoencoder.device, autoencoder.dtype)
-        out.append(to_digits(autoencoder(x))[:, 0].float().cpu().numpy())
-    return np.concatenate(out)
-
-
 def score_reconstructions(autoencoder, classifier, reference, num_samples, dataset="ylecun/mnist", data_dir=None,
                           batch_size=1000) -> dict:
     """`<metric>_reconstructed`: the judge on the floor's own `num_samples` real training images after a trip
     through `autoencoder`. No latent model decoded by it can expect to score better."""
-    from pipeline.data import load_digits
+    from pipeline.data import load_digits, to_uint8
+    from pipeline.latent_cache import encode_decode
     from pipeline.metrics import FLOOR_SIZE, score_digits
 
     train_x, _ = load_digits("train", dataset=dataset, data_dir=data_dir)
     real = train_x[:FLOOR_SIZE][reference.floor_pick(num_samples)]
-    scores = score_digits(_to_uint8(reconstruct(autoencoder, real, batch_size)), classifier, reference)
+    scores = score_digits(to_uint8(encode_decode(autoencoder, real, batch_size)[1]), classifier, reference)
     return {f"{key}_reconstructed": scores[key] for key, _, _ in TABLE}
 
 
@@ -243,12 +229,13 @@ def evaluate_autoencoder(autoencoder, output_dir, batch_size=1000, dataset="ylec
     training images next to the floor; writes metrics.json and reconstructions.png."""
     from pipeline.classifier import get_classifier
     from pipeline.data import load_digits
+    from pipeline.latent_cache import encode_decode
     from pipeline.metrics import FLOOR_SIZE, get_reference, psnr_ssim
     from pipeline.visualisation import reconstruction_figure
 
     out = _prepare(output_dir)
     originals, _ = load_digits("test", dataset=dataset, data_dir=data_dir)
-    recons = reconstruct(autoencoder, originals, batch_size)
+    _, recons = encode_decode(autoencoder, originals, batch_size)
     scores = psnr_ssim(originals, recons)
     reconstruction_figure(originals, recons, out / "reconstructions.png")
     metrics = dict(psnr=scores["psnr"], ssim=scores["ssim"], num_images=scores["num_images"], dataset=dataset)

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .autoencoder import CABAutoencoder
-from .data import to_model_input
+from .data import to_digits, to_model_input
 from .errors import UserError
 from .paths import cache_dir
 
@@ -60,6 +60,19 @@ def encode_images(autoencoder, images_uint8, device, batch_size=500) -> torch.Te
         z = autoencoder.encode(to_model_input(images_uint8[i:i + batch_size]).to(device))
         out.append(z.float() * autoencoder.config.scaling_factor)
     return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_decode(autoencoder, images_uint8, batch_size=1000):
+    """(unscaled latents on the CPU, float (N, 28, 28) reconstructions in [0, 1]) for uint8 digits, in eval mode."""
+    autoencoder.eval()
+    latents, recons = [], []
+    for i in range(0, len(images_uint8), batch_size):
+        x = to_model_input(images_uint8[i:i + batch_size]).to(autoencoder.device, autoencoder.dtype)
+        z = autoencoder.encode(x)
+        latents.append(z.float().cpu())
+        recons.append(to_digits(autoencoder.decode(z)).cpu())
+    return torch.cat(latents), torch.cat(recons)[:, 0].numpy()
 
 
 def cached_latents(accelerator, autoencoder, images_uint8, dataset_key) -> torch.Tensor:

@@ -226,8 +226,11 @@ def test_perfect_reconstructions_score_exactly_the_floor(judge, mnist_dir):
     class Identity(torch.nn.Module):
         device, dtype = torch.device("cpu"), torch.float32
 
-        def forward(self, x):
+        def encode(self, x):
             return x
+
+        def decode(self, z):
+            return z
 
     classifier, reference, _ = judge
     for n in (500, 10_000):
