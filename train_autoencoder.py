@@ -5,7 +5,8 @@
 
 The run folder ends up holding the model (config.json with scaling_factor +
 safetensors), metrics.json (PSNR/SSIM over the full test split), reconstruction.png,
-tsne_batch.png, tsne_test.png, loss.png, training_config.yaml and TensorBoard logs.
+tsne_batch.png, tsne_test.png, loss.png, training_config.yaml, timings.json (seconds
+per phase) and TensorBoard logs.
 """
 
 import json
@@ -30,6 +31,7 @@ logger = logging.getLogger("train_autoencoder")
 
 
 def main(argv):
+    clock = training.Stopwatch()
     cfg = parse_config(AutoencoderTrainConfig, argv)
     accelerator = training.make_accelerator(cfg)
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING)
@@ -40,6 +42,7 @@ def main(argv):
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "training_config.yaml")
     set_seed(cfg.seed)  # model initialisation; data order and noise have their own seeds
+    clock.lap("set-up")
 
     # 1. Data: the whole split lives on the device as one tensor; no dataloader needed.
     train_images, _ = load_digits("train", cfg.dataset, cfg.data_dir)
@@ -48,6 +51,7 @@ def main(argv):
     test_images, test_labels = test_images[:cfg.max_eval_samples], test_labels[:cfg.max_eval_samples]
     train_x = to_model_input(train_images).to(accelerator.device)
     held_out = to_model_input(test_images[:256]).to(accelerator.device)
+    clock.lap("data")
 
     # 2. Model, optimizer, schedule.
     model = CABAutoencoder(**vars(cfg.autoencoder))
@@ -60,6 +64,7 @@ def main(argv):
     loss_log = training.LossLog(out / "loss.csv", step, accelerator.is_main_process)
     stop = training.StopRequest()
     meter = training.LossMeter(accelerator, cfg, step)
+    clock.lap("set-up")
     bar = tqdm(total=cfg.max_train_steps, initial=step, disable=not accelerator.is_main_process, desc="autoencoder")
     while step < cfg.max_train_steps:
         model.train()
@@ -84,11 +89,12 @@ def main(argv):
     bar.close()
     meter.check()
     training.check_replicas_in_sync(accelerator, model)
+    clock.lap("training")
 
     # 4. Save the model with its latent scaling, then measure and draw.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        finish(accelerator.unwrap_model(model), cfg, out, train_images, test_images, test_labels, loss_log)
+        finish(accelerator.unwrap_model(model), cfg, out, train_images, test_images, test_labels, loss_log, clock)
     accelerator.end_training()
 
 
@@ -106,12 +112,13 @@ def validate(accelerator, model, held_out, step):
     return psnr
 
 
-def finish(model, cfg, out, train_images, test_images, test_labels, loss_log):
+def finish(model, cfg, out, train_images, test_images, test_labels, loss_log, clock):
     model = model.float()
     # Unit-variance latents for the diffusion stage: estimated on up to 10k training digits.
     latents, _ = encode_decode(model, train_images[:10000])
     model.register_to_config(scaling_factor=float(1.0 / latents.std()))
     model.save_pretrained(out)
+    clock.lap("scaling and saving", saved=True)
 
     test_latents, recons = encode_decode(model, test_images)
     originals = test_images.astype(np.float32) / 255.0
@@ -121,6 +128,7 @@ def finish(model, cfg, out, train_images, test_images, test_labels, loss_log):
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(f"test split: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} over {m['num_images']} digits; "
           f"scaling_factor {model.config.scaling_factor:.4f}")
+    clock.lap("test-split scores")
 
     visualisation.reconstruction_figure(originals, recons, out / "reconstruction.png")
     batch = slice(0, 64)  # "one batch", as in the reference
@@ -130,6 +138,8 @@ def finish(model, cfg, out, train_images, test_images, test_labels, loss_log):
     visualisation.tsne_figure(test_latents[:n].numpy(), test_labels[:n], out / "tsne_test.png",
                               "t-SNE of latents, test split")
     loss_log.plot(out / "loss.png", "autoencoder reconstruction loss (MSE)")
+    clock.lap("figures")
+    clock.write(out / "timings.json")
 
 
 if __name__ == "__main__":

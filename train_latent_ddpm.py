@@ -5,7 +5,8 @@
 
 The run folder ends up a complete pipeline folder (model_index.json, unet/, autoencoder/,
 scheduler/, the pipeline source and a model card) that loads with plain diffusers, plus
-samples.png, denoising.png, grid_diffusion.gif, loss.png and TensorBoard logs.
+samples.png, denoising.png, grid_diffusion.gif, loss.png, timings.json (seconds per phase)
+and TensorBoard logs.
 """
 
 import logging
@@ -70,6 +71,7 @@ def loss_fn(cfg, scheduler, unet, latents, labels, gen):
 
 
 def main(argv):
+    clock = training.Stopwatch()
     cfg = parse_config(LatentDDPMTrainConfig, argv)
     accelerator = training.make_accelerator(cfg)
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING)
@@ -80,6 +82,7 @@ def main(argv):
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "training_config.yaml")  # hub_token is redacted
     set_seed(cfg.seed)
+    clock.lap("set-up")
 
     # 1. Frozen autoencoder and the training split as latents on the accelerator.
     autoencoder = load_autoencoder(cfg.autoencoder)
@@ -87,6 +90,7 @@ def main(argv):
     images, labels = images[:cfg.max_train_samples], labels[:cfg.max_train_samples]
     latents = cached_latents(accelerator, autoencoder, images, cfg.dataset)
     labels = torch.as_tensor(labels, device=accelerator.device) if cfg.conditioning == "class" else None
+    clock.lap("data and latents")
 
     # 2. UNet, noise schedule, EMA, optimizer.
     unet = build_unet(cfg, autoencoder)
@@ -111,6 +115,7 @@ def main(argv):
     loss_log = training.LossLog(out / "loss.csv", step, accelerator.is_main_process)
     stop = training.StopRequest()
     meter = training.LossMeter(accelerator, cfg, step)
+    clock.lap("set-up")
     bar = tqdm(total=cfg.max_train_steps, initial=step, disable=not accelerator.is_main_process, desc="latent ddpm")
     while step < cfg.max_train_steps:
         unet.train()
@@ -142,12 +147,13 @@ def main(argv):
     bar.close()
     meter.check()
     training.check_replicas_in_sync(accelerator, unet)
+    clock.lap("training")
 
     # 4. The pipeline folder, pictures and model card (main process), then the upload.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         pipe = final_pipeline(accelerator, unet, ema, autoencoder, noise_scheduler)
-        finish(pipe, cfg, out, loss_log)
+        finish(pipe, cfg, out, loss_log, clock)
     accelerator.wait_for_everyone()
     accelerator.end_training()
 
@@ -199,18 +205,29 @@ def final_pipeline(accelerator, unet, ema, autoencoder, noise_scheduler):
     return make_pipeline(model.float().eval(), autoencoder.to(accelerator.device).float().eval(), noise_scheduler)
 
 
-def finish(pipe, cfg, out, loss_log):
+def finish(pipe, cfg, out, loss_log, clock):
+    from pipeline.evaluate import evaluate_pipeline
     from pipeline.export import push_folder, save_pipeline_folder
     from pipeline.figures import pipeline_figures
 
     # The trained model is saved before anything that could fail (pictures, evaluation).
     save_pipeline_folder(pipe, out, dataset=cfg.dataset)
     print(f"pipeline saved to {out}")
+    clock.lap("saving", saved=True)
     pipe.set_progress_bar_config(disable=True)
     loss_log.plot(out / "loss.png", f"latent diffusion loss ({cfg.prediction_type})")
-    metrics = pipeline_figures(pipe, cfg, out)
+    pipeline_figures(pipe, cfg, out)
+    clock.lap("figures")
+    metrics = {}
+    if cfg.eval_num_samples > 0:
+        metrics = evaluate_pipeline(pipe, num_samples=cfg.eval_num_samples, num_inference_steps=cfg.num_inference_steps,
+                                    scheduler="dpm", seed=cfg.seed, output_dir=out / "evaluation",
+                                    dataset=cfg.dataset, data_dir=cfg.data_dir)
+        clock.lap("evaluation")
     # Again, now with the sample grid and the measured metrics in the model card.
     save_pipeline_folder(pipe, out, metrics=metrics, sample_grid_path=str(out / "samples.png"), dataset=cfg.dataset)
+    clock.lap("saving")
+    clock.write(out / "timings.json")
     if cfg.push_to_hub:
         try:
             url = push_folder(out, cfg.hub_model_id, token=cfg.hub_token, private=cfg.hub_private_repo)

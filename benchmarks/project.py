@@ -6,6 +6,8 @@ the run's own TensorBoard log: every logged `images_per_s` / `latents_per_s` is 
 since the loop started, so the last one gives the training-loop seconds (torch.compile
 warm-up and checkpoints included; data loading, latent encoding and the figures drawn
 after training excluded), and the logged points' wall times give a steady-state rate.
+The run's timings.json says where the rest of the wall time went (data, saving, figures),
+and when the trained model was on disk.
 """
 
 import json
@@ -70,10 +72,14 @@ def run_stage(name, script, args, out, rate_tag):
         (w0, s0, _), (w1, s1, _) = points[1], points[-1]
         steady = (s1 - s0) * items_per_step / (w1 - w0) if w1 > w0 else None
     process = json.loads(report.read_text())
+    timings = json.loads((out / "timings.json").read_text())
     return {
         "command": f"python {script} {' '.join(args)}",
         "train_seconds": cfg["max_train_steps"] * items_per_step / mean_rate,
         "wall_seconds": wall,  # the whole subprocess: start-up, data, training, figures
+        # Python start-up and imports: the subprocess's time before the script's main() began.
+        "startup_seconds": wall - timings["total_seconds"], "phases": timings["phases"],
+        "saved_after_seconds": wall - timings["total_seconds"] + timings["model_saved_after_seconds"],
         "steps": cfg["max_train_steps"], "batch_size": cfg["train_batch_size"],
         "items_per_s": mean_rate, "steady_items_per_s": steady, "items": rate_tag.removesuffix("_per_s"),
         "compile": cfg["compile"], "mixed_precision": cfg["mixed_precision"],
@@ -97,5 +103,8 @@ def train(work_dir, data_dir=None, quick=False, compile=True, ae_args=(), ddpm_a
                      ddpm_out, "latents_per_s")
     training = {"autoencoder": ae, "latent_ddpm": ddpm,
                 "train_seconds": ae["train_seconds"] + ddpm["train_seconds"],
-                "wall_seconds": ae["wall_seconds"] + ddpm["wall_seconds"]}
+                "wall_seconds": ae["wall_seconds"] + ddpm["wall_seconds"],
+                # Raw data to a saved pipeline folder: the whole autoencoder script (the second
+                # script starts after its figures), then the diffusion script until its save.
+                "to_saved_pipeline_seconds": ae["wall_seconds"] + ddpm["saved_after_seconds"]}
     return ddpm_out, training

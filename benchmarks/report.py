@@ -38,10 +38,25 @@ def _training_cells(key, m):
                 f"(steady {_num(ae['steady_items_per_s'])} / {_num(dd['steady_items_per_s'])})",
                 f"AE {_gib(ae['peak_gpu_memory_bytes'])}, diffusion {_gib(dd['peak_gpu_memory_bytes'])}",
                 f"AE {m['parameters']['autoencoder'] / 1e6:.2f}M + UNet {m['parameters']['unet'] / 1e6:.2f}M "
-                f"(AE test PSNR {ae['test_psnr']:.1f} dB)"]
+                f"(AE test PSNR {ae['test_psnr']:.1f} dB)",
+                f"{_num(t.get('to_saved_pipeline_seconds'))} s ({_num(t['wall_seconds'])} s with the figures "
+                "drawn after the save)"]
     return [f"{_num(t['train_seconds'])} s ({t['steps']:,} steps of {t['hyperparameters']['batch_size']})",
             f"{_num(t['images_per_s'])} images/s (steady {_num(t['steady_images_per_s'])})",
-            _gib(t["peak_gpu_memory_bytes"]), f"UNet {m['parameters']['unet'] / 1e6:.2f}M"]
+            _gib(t["peak_gpu_memory_bytes"]), f"UNet {m['parameters']['unet'] / 1e6:.2f}M", "not measured"]
+
+
+def _phases(r) -> list:
+    """Where each of the project's two scripts spent its wall time (from the runs' timings.json)."""
+    t = r["project"]["training"]
+    out = []
+    for stage, name in (("autoencoder", "train_autoencoder.py"), ("latent_ddpm", "train_latent_ddpm.py")):
+        s = t[stage]
+        if "phases" in s:  # results made before timings.json existed have none
+            parts = {"Python start-up and imports": s["startup_seconds"], **s["phases"]}
+            out.append(f"- `{name}`, {_num(s['wall_seconds'])} s: "
+                       + ", ".join(f"{k} {_num(v)} s" for k, v in parts.items()))
+    return ["Where the project's wall time went:", "", *out, ""] if out else []
 
 
 def markdown(r) -> str:
@@ -57,7 +72,8 @@ def markdown(r) -> str:
             f"accelerate {hw['accelerate']}; commit `{r['git_commit']}`{' (uncommitted changes)' if r['git_dirty'] else ''}",
             "", f"Command: `{r['command']}`", ""]
     out += ["| | " + " | ".join(MODELS[k] for k in keys) + " |", "|---|" + "---|" * len(keys)]
-    train_rows = ["training time", "training throughput", "peak GPU memory, training", "parameters"]
+    train_rows = ["training time", "training throughput", "peak GPU memory, training", "parameters",
+                  "raw data to saved pipeline (both scripts, wall clock)"]
     cells = {k: _training_cells(k, r[k]) for k in keys}
     for i, label in enumerate(train_rows):
         out.append(f"| {label} | " + " | ".join(cells[k][i] for k in keys) + " |")
@@ -88,6 +104,7 @@ def markdown(r) -> str:
         out += [f"Samples, DPM-Solver++ {speed['project']['num_inference_steps']} steps (left: this project, right: "
                 f"the baseline): ![samples]({r['name']}_side_by_side.png)", ""]
     out += _sweeps(r, keys)
+    out += _phases(r) if "project" in keys else []
     out += ["Training time is the training loop only (torch.compile warm-up and checkpoints included; data loading "
             "and end-of-run figures excluded)." + _budget(r, keys) + " 'steady' leaves out the first logging "
             "interval (or the first 10% of the baseline's budget). Sampling runs under bf16 autocast on CUDA, "

@@ -2,7 +2,7 @@
 
 samples.png (a grid of generated digits), denoising.png (rows going from pure noise on
 the left to clean digits on the right) and grid_diffusion.gif (a grid being denoised,
-frame by frame), plus the evaluation scores when `eval_num_samples` > 0.
+frame by frame).
 """
 
 from pathlib import Path
@@ -14,7 +14,7 @@ from .schedulers import with_scheduler
 
 
 @torch.no_grad()
-def pipeline_figures(pipe, cfg, out) -> dict:
+def pipeline_figures(pipe, cfg, out):
     out = Path(out)
     device = pipe.unet.device
     gen = torch.Generator(device).manual_seed(cfg.seed)
@@ -33,11 +33,3 @@ def pipeline_figures(pipe, cfg, out) -> dict:
                output_type="np", return_intermediates=True, **kwargs)
     visualisation.denoising_strip(res.intermediates, out / "denoising.png", num_columns=11, num_rows=8)
     visualisation.grid_gif(res.intermediates, out / "grid_diffusion.gif", nrow=8)
-
-    if getattr(cfg, "eval_num_samples", 0) > 0:
-        from .evaluate import evaluate_pipeline
-
-        return evaluate_pipeline(pipe, num_samples=cfg.eval_num_samples, num_inference_steps=cfg.num_inference_steps,
-                                 scheduler="dpm", seed=cfg.seed, output_dir=out / "evaluation",
-                                 dataset=cfg.dataset, data_dir=cfg.data_dir)
-    return {}

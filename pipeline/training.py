@@ -331,6 +331,32 @@ def track_non_finite(first_bad_step, loss, step):
     return torch.where(hit, torch.full_like(first_bad_step, step), first_bad_step)
 
 
+class Stopwatch:
+    """Wall seconds per phase of a run (data, training, saving, figures), so a run says where its
+    time went: one line at the end, and timings.json in the run folder for the benchmark."""
+
+    def __init__(self):
+        self.start = self.last = time.perf_counter()
+        self.phases, self.saved_after = {}, None
+
+    def lap(self, phase, saved=False):
+        """Charge the time since the last lap to `phase`, once the GPU has done the work queued
+        so far; `saved=True` marks the moment the trained model is on disk."""
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.phases[phase] = self.phases.get(phase, 0.0) + now - self.last
+        self.last = now
+        if saved:
+            self.saved_after = now - self.start
+
+    def write(self, path):
+        total = self.last - self.start
+        Path(path).write_text(json.dumps({"total_seconds": total, "model_saved_after_seconds": self.saved_after,
+                                          "phases": self.phases}, indent=2))
+        print(f"done in {total:.1f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in self.phases.items()))
+
+
 class LossLog:
     """loss.csv in the run folder (main process), kept consistent across resumes."""
 

@@ -68,6 +68,9 @@ def test_quick_run_writes_marked_results(quick_run):
         assert t[stage]["command"].startswith(f"python train_{stage}.py --config configs/")
         assert "--eval_num_samples 0" in t[stage]["command"] or stage == "autoencoder"
     assert t["train_seconds"] == pytest.approx(t["autoencoder"]["train_seconds"] + t["latent_ddpm"]["train_seconds"])
+    ae, dd = t["autoencoder"], t["latent_ddpm"]
+    assert ae["startup_seconds"] > 0 and ae["phases"]["training"] > 0 and dd["phases"]["training"] > 0
+    assert ae["wall_seconds"] < t["to_saved_pipeline_seconds"] < t["wall_seconds"]
     check_sampling(r["project"]["sampling"])
     assert [row["batch_size"] for row in r["project"]["sampling"]["batch_sweep"]] == [1, 8, 64]
 
@@ -79,7 +82,8 @@ def test_quick_run_writes_marked_results(quick_run):
     md = (quick_run / f"{name}.md").read_text()
     assert md.startswith("# SMOKE TEST, NOT A BENCHMARK")
     for label in ("training time", "training throughput", "DPM-Solver++ 10 steps", "DDPM 100 steps",
-                  "sampling throughput", "peak GPU memory", "Real-data floor", "time vs batch size"):
+                  "sampling throughput", "peak GPU memory", "Real-data floor", "time vs batch size",
+                  "raw data to saved pipeline", "`train_latent_ddpm.py`", "data and latents"):
         assert label in md, label
     with np.load(quick_run / f"{name}_samples.npz") as z:
         assert set(z.files) == {"project", "baseline"}

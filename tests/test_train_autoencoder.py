@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import yaml
 
 from conftest import run_script
@@ -21,6 +22,10 @@ def test_autoencoder_run_leaves_a_complete_folder(tiny_autoencoder_run):
     assert steps[-1] == 40 and losses[-1] < 0.5 * losses[0], "the reconstruction loss must go down"
     assert list((out / "logs").rglob("events.out.tfevents*")), "TensorBoard logs missing"
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-20", "checkpoint-40"]
+    t = json.loads((out / "timings.json").read_text())  # where the run's time went, phase by phase
+    assert list(t["phases"]) == ["set-up", "data", "training", "scaling and saving", "test-split scores", "figures"]
+    assert min(t["phases"].values()) >= 0 and sum(t["phases"].values()) == pytest.approx(t["total_seconds"])
+    assert t["phases"]["training"] < t["model_saved_after_seconds"] < t["total_seconds"]
 
 
 def test_scaled_latents_have_unit_variance(mnist_dir, tiny_autoencoder_run):

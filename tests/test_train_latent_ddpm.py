@@ -65,6 +65,10 @@ def test_run_leaves_a_pipeline_folder_and_pictures(ddpm_run):
     ckpt = ddpm_run / "checkpoint-20"
     assert (ckpt / "unet_ema" / "diffusion_pytorch_model.safetensors").is_file()
     assert list((ddpm_run / "logs").rglob("events.out.tfevents*"))
+    t = json.loads((ddpm_run / "timings.json").read_text())
+    assert list(t["phases"]) == ["set-up", "data and latents", "training", "saving", "figures"]
+    assert min(t["phases"].values()) >= 0 and sum(t["phases"].values()) == pytest.approx(t["total_seconds"])
+    assert t["phases"]["training"] < t["model_saved_after_seconds"] < t["total_seconds"]
 
 
 def test_saved_pipeline_samples_digits(ddpm_run):
