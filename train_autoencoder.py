@@ -24,7 +24,7 @@ from pipeline.autoencoder import CABAutoencoder
 from pipeline.config import AutoencoderTrainConfig, parse_config, save_config
 from pipeline.data import load_digits, to_digits, to_model_input
 from pipeline.errors import run_cli
-from pipeline.latent_cache import encode_decode
+from pipeline.latent_cache import encode_decode, encode_images
 from pipeline.metrics import psnr_ssim
 
 logger = logging.getLogger("train_autoencoder")
@@ -114,8 +114,9 @@ def validate(accelerator, model, held_out, step):
 
 def finish(model, cfg, out, train_images, test_images, test_labels, loss_log, clock):
     model = model.float()
-    # Unit-variance latents for the diffusion stage: estimated on up to 10k training digits.
-    latents, _ = encode_decode(model, train_images[:10000])
+    # Unit-variance latents for the diffusion stage: estimated on up to 10k training digits
+    # (encoded only; divided by the factor the encoder applies, 1 before this line has run).
+    latents = encode_images(model, train_images[:10000], model.device, batch_size=1000) / model.config.scaling_factor
     model.register_to_config(scaling_factor=float(1.0 / latents.std()))
     model.save_pretrained(out)
     clock.lap("scaling and saving", saved=True)
