@@ -124,7 +124,7 @@ def prepare(accelerator, cfg, model, tracker_name):
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     if cfg.report_to != "none":
         init_trackers(accelerator, cfg, tracker_name)
-    return model, (torch.compile(model) if cfg.compile else model), optimizer, lr_scheduler
+    return model, (torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model), optimizer, lr_scheduler
 
 
 def optimizer_step(accelerator, model, optimizer, lr_scheduler, loss, max_grad_norm):

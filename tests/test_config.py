@@ -53,6 +53,7 @@ def test_unknown_key_in_yaml_file(tmp_path):
     (["--learning_rate", "-1e-3"], "learning_rate must be > 0"),
     (["--mixed_precision", "fp8"], "mixed_precision must be one of no, fp16, bf16"),
     (["--report_to", "off"], "report_to must be tensorboard or none"),
+    (["--compile_mode", "fast"], "compile_mode must be one of default, reduce-overhead, max-autotune"),
     (["--train_batch_size", "abc"], "train_batch_size expects int"),
     (["--max_train_steps", "1.5"], "max_train_steps expects int"),
     (["--lr_scheduler", "cosinus"], "lr_scheduler 'cosinus' is unknown"),

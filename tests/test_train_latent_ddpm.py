@@ -104,6 +104,18 @@ def test_latent_cache_is_keyed_to_the_autoencoder_weights(mnist_dir, tiny_autoen
     assert not torch.allclose(first, second)
 
 
+def test_compiled_training_follows_the_eager_run(mnist_dir, tiny_autoencoder_run, ddpm_run, tmp_path):
+    """--compile changes the speed, not the run. CUDA graphs are asked for; a CPU has none and
+    compiles without them, the same code path as on a GPU up to the graph capture."""
+    out = tmp_path / "compiled"
+    run_script("train_latent_ddpm.py", ddpm_args(mnist_dir, tiny_autoencoder_run, out,
+                                                 extra=["--compile", "true", "--compile_mode", "reduce-overhead"]))
+    rows = [(ddpm_run / "loss.csv").read_text().split()[1:], (out / "loss.csv").read_text().split()[1:]]
+    eager, compiled = ([tuple(map(float, r.split(","))) for r in rs] for rs in rows)
+    assert [s for s, _ in compiled] == [s for s, _ in eager] == [5, 10, 15, 20]
+    assert [loss for _, loss in compiled] == pytest.approx([loss for _, loss in eager], rel=1e-3)
+
+
 def test_kill_9_then_resume_ends_with_identical_weights(mnist_dir, tiny_autoencoder_run, ddpm_run, tmp_path):
     out = tmp_path / "killed"
     args = ddpm_args(mnist_dir, tiny_autoencoder_run, out, extra=["--checkpointing_steps", "5"])
