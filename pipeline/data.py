@@ -160,14 +160,19 @@ def _hub_unreachable(endpoint):
     return ""
 
 
-def _from_hub(dataset, split, cache):
+def hub_unavailable() -> str:
+    """Why the Hub cannot be used now (HF_HUB_OFFLINE, or no answer), or "" if it can."""
     if _hub_offline():
-        log.info("HF_HUB_OFFLINE is set: not trying the Hub for %s", dataset)
-        return None
+        return "HF_HUB_OFFLINE is set"
     from huggingface_hub import constants
     problem = _hub_unreachable(constants.ENDPOINT)
+    return f"Hub {constants.ENDPOINT} unreachable: {problem}" if problem else ""
+
+
+def _from_hub(dataset, split, cache):
+    problem = hub_unavailable()
     if problem:
-        log.info("Hub %s unreachable (%s): looking for a local copy of %s", constants.ENDPOINT, problem, dataset)
+        log.info("%s; looking for a local copy of %s", problem, dataset)
         return None
     try:
         import datasets

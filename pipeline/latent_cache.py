@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .autoencoder import CABAutoencoder
-from .data import to_digits, to_model_input
+from .data import hub_unavailable, to_digits, to_model_input
 from .errors import UserError
 from .paths import cache_dir
 
@@ -37,6 +37,19 @@ def load_autoencoder(path_or_id) -> CABAutoencoder:
         if not (local / "diffusion_pytorch_model.safetensors").is_file():
             raise UserError(f"--autoencoder {path_or_id} lacks diffusion_pytorch_model.safetensors; "
                             "the autoencoder run did not finish: re-run or resume it")
+    else:  # not a folder here: a Hub model id, if it can be one and the Hub answers
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        fix = (f"train one first (`python train_autoencoder.py --output_dir {path_or_id}`) or pass "
+               "--autoencoder with a finished autoencoder run folder or Hub model id")
+        try:
+            validate_repo_id(str(path_or_id))
+        except HFValidationError:
+            raise UserError(f"--autoencoder {path_or_id}: no such folder; {fix}")
+        problem = hub_unavailable()
+        if problem:
+            raise UserError(f"--autoencoder {path_or_id}: no such folder here, and the Hub cannot be asked "
+                            f"({problem}); {fix}")
     try:
         return CABAutoencoder.from_pretrained(str(path_or_id))
     except Exception as e:

@@ -185,9 +185,13 @@ def test_autoencoder_path_that_is_not_an_autoencoder(mnist_dir, ddpm_run, tmp_pa
     res = run_script("train_latent_ddpm.py", ["--autoencoder", str(ddpm_run / "unet"), "--output_dir",
                                               str(tmp_path / "x"), "--data_dir", str(mnist_dir)], check=False)
     assert res.returncode == 2 and "not a CABAutoencoder" in res.stderr and "Traceback" not in res.stderr
-    res = run_script("train_latent_ddpm.py", ["--autoencoder", str(tmp_path / "nothing"), "--output_dir",
-                                              str(tmp_path / "x"), "--data_dir", str(mnist_dir)], check=False)
-    assert res.returncode == 2 and "error:" in res.stderr and "Traceback" not in res.stderr
+    for missing, says in ((tmp_path / "nothing", "no such folder; train one first"),  # cannot be a Hub id
+                          ("someone/autoencoder", "the Hub cannot be asked (HF_HUB_OFFLINE is set)")):
+        res = run_script("train_latent_ddpm.py", ["--autoencoder", str(missing), "--output_dir",
+                                                  str(tmp_path / "x"), "--data_dir", str(mnist_dir)], check=False)
+        assert res.returncode == 2 and "Traceback" not in res.stderr
+        error = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+        assert len(error) == 1 and says in error[0] and "python train_autoencoder.py --output_dir" in error[0]
 
 
 def test_unet_that_does_not_fit_the_latents(mnist_dir, tiny_autoencoder_run, tmp_path):
