@@ -73,13 +73,13 @@ def run_stage(name, script, args, out, rate_tag):
         steady = (s1 - s0) * items_per_step / (w1 - w0) if w1 > w0 else None
     process = json.loads(report.read_text())
     timings = json.loads((out / "timings.json").read_text())
+    startup = wall - timings["total_seconds"]  # Python start-up and imports, before the script's main() began
     return {
         "command": f"python {script} {' '.join(args)}",
         "train_seconds": cfg["max_train_steps"] * items_per_step / mean_rate,
         "wall_seconds": wall,  # the whole subprocess: start-up, data, training, figures
-        # Python start-up and imports: the subprocess's time before the script's main() began.
-        "startup_seconds": wall - timings["total_seconds"], "phases": timings["phases"],
-        "saved_after_seconds": wall - timings["total_seconds"] + timings["model_saved_after_seconds"],
+        "startup_seconds": startup, "phases": timings["phases"],
+        "saved_after_seconds": startup + timings["model_saved_after_seconds"],
         "steps": cfg["max_train_steps"], "batch_size": cfg["train_batch_size"],
         "items_per_s": mean_rate, "steady_items_per_s": steady, "items": rate_tag.removesuffix("_per_s"),
         "compile": cfg["compile"], "mixed_precision": cfg["mixed_precision"],
