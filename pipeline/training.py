@@ -180,7 +180,8 @@ def checkpoint_if_due(accelerator, cfg, step, stop, meter):
 # Checkpoints: written under a temporary name and renamed when complete.
 
 
-def _checkpoints(output_dir):
+def checkpoint_folders(output_dir):
+    """The checkpoint-N folders of a run, oldest first (complete or not)."""
     found = []
     for p in Path(output_dir).glob("checkpoint-*"):
         try:
@@ -225,7 +226,7 @@ def save_checkpoint(accelerator, output_dir, step, total_limit, extra_state=None
 def _prune(output_dir, total_limit):
     if total_limit is None:
         return
-    good = [p for p in _checkpoints(output_dir) if checkpoint_is_complete(p)]
+    good = [p for p in checkpoint_folders(output_dir) if checkpoint_is_complete(p)]
     # The newest complete checkpoint is always kept, whatever the limit.
     for p in good[:-max(total_limit, 1)]:
         shutil.rmtree(p, ignore_errors=True)
@@ -240,7 +241,7 @@ def resume(accelerator, cfg) -> int:
     if not spec:
         return 0
     if spec == "latest":
-        candidates = list(reversed(_checkpoints(cfg.output_dir)))
+        candidates = list(reversed(checkpoint_folders(cfg.output_dir)))
         if not candidates:
             accelerator.print(f"no checkpoint in {cfg.output_dir}; starting from step 0")
             return 0

@@ -287,3 +287,35 @@ def test_flops_counts_what_a_sampled_digit_costs_for_configs_and_overrides():
     bad = subprocess.run([sys.executable, "benchmarks/flops.py", "--ddpm_args=--unet.block_out_chanels [64,128]"],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
+
+
+def test_autoencoder_steps_scores_every_checkpoint_and_the_saved_model(tiny_autoencoder_run, mnist_dir, tmp_path):
+    """benchmarks/autoencoder_steps.py: where an autoencoder run could have stopped, from its own checkpoints."""
+    from safetensors.torch import save_file
+
+    from benchmarks.autoencoder_steps import weights
+    from pipeline.autoencoder import CABAutoencoder
+
+    cmd = [sys.executable, "benchmarks/autoencoder_steps.py", "--autoencoder", str(tiny_autoencoder_run),
+           "--data_dir", str(mnist_dir), "--output", str(tmp_path / "out"), "--name", "ae"]
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((tmp_path / "out" / "ae.json").read_text())
+    # The tiny run checkpoints at steps 20 and 40 and ends at 40: that checkpoint is the saved model, scored once.
+    assert [(row["step"], row["label"]) for row in r["rows"]] == [(20, "checkpoint-20"), (40, "saved model")]
+    first, saved = r["rows"]
+    assert first["psnr"] != pytest.approx(saved["psnr"], abs=1e-3)  # the checkpoint's own weights, not the saved ones
+    final = CABAutoencoder.from_pretrained(tiny_autoencoder_run).state_dict()
+    checkpoint = weights(tiny_autoencoder_run / "checkpoint-40")
+    assert checkpoint.keys() == final.keys() and all(torch.equal(checkpoint[k], final[k]) for k in final)
+    for row in r["rows"]:
+        assert np.isfinite(row["fid_reconstructed"]) and 0 <= row["recall_reconstructed"] <= 1
+    assert r["num_samples"] == 10_000 and r["real_data_floor"]["fid"] > 0
+    assert "| 20 (checkpoint-20) |" in (tmp_path / "out" / "ae.md").read_text()
+
+    # Under DDP, Accelerate saves the wrapped model: keys start with "module.".
+    save_file({"module.x": torch.ones(2)}, str(tmp_path / "model.safetensors"))
+    assert list(weights(tmp_path)) == ["x"]
+
+    bad = subprocess.run([*cmd[:3], str(mnist_dir)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "is not a finished autoencoder run" in bad.stderr and "Traceback" not in bad.stderr
