@@ -76,7 +76,14 @@ def make_scheduler(spec: str, config):
     # from_config silently drops kwargs a class does not take (Euler has no clip_sample); pass only real ones.
     accepted = inspect.signature(cls.__init__).parameters
     overrides = {k: v for k, v in overrides.items() if k in accepted}
-    return cls.from_config(getattr(config, "config", config), **{**overrides, **options})
+    try:
+        return cls.from_config(getattr(config, "config", config), **{**overrides, **options})
+    except (TypeError, ValueError, NotImplementedError) as e:  # a bad option value: "x" for an int, an unknown name
+        raise ValueError(f"scheduler {spec!r} cannot be built: {_first_line(e)}; check its option values") from e
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def check_steps(spec: str, config, num_inference_steps: int):
@@ -85,7 +92,10 @@ def check_steps(spec: str, config, num_inference_steps: int):
     from .pipeline_latent_ddpm import repeats_timesteps  # the very test the pipeline applies
 
     scheduler = make_scheduler(spec, config)
-    scheduler.set_timesteps(num_inference_steps)
+    try:
+        scheduler.set_timesteps(num_inference_steps)
+    except (TypeError, ValueError, NotImplementedError) as e:  # e.g. timestep_spacing=bogus fails only here
+        raise ValueError(f"scheduler {spec!r} cannot set {num_inference_steps} steps: {_first_line(e)}") from e
     if repeats_timesteps(scheduler):
         t = [int(x) for x in scheduler.timesteps]
         raise ValueError(f"scheduler {spec!r} repeats timesteps at {num_inference_steps} steps ({t}) with this "

@@ -123,3 +123,10 @@ def test_evaluate_refuses_a_scheduler_that_repeats_timesteps_in_one_line(tiny_pi
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: scheduler 'dpm:use_karras_sigmas=true' repeats timesteps")
     assert not (tmp_path / "out" / "samples.npz").exists()
+    proc = run_evaluate("--pipeline", cosine, "--scheduler", "dpm:algorithm_type=foo", "--num_samples", 16,
+                        "--device", "cpu", "--output_dir", tmp_path / "out")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: scheduler 'dpm:algorithm_type=foo' cannot be built: foo is not implemented for "
+        "<class 'diffusers.schedulers.scheduling_dpmsolver_multistep.DPMSolverMultistepScheduler'>; "
+        "check its option values"]

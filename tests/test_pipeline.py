@@ -114,10 +114,20 @@ def test_make_scheduler_options_after_a_colon_win_over_defaults():
 
 @pytest.mark.parametrize("spec, message", [("dpm:solver_order", "is not key=value"),
                                            ("dpm:no_such_option=1", "takes no option no_such_option; valid options: .*solver_order"),
-                                           ("heun:solver_order=2", "unknown scheduler 'heun'")])
+                                           ("heun:solver_order=2", "unknown scheduler 'heun'"),
+                                           # bad values: diffusers raises TypeError / NotImplementedError for these
+                                           ("unipc:solver_order=x", "'unipc:solver_order=x' cannot be built: .*check its option values"),
+                                           ("dpm:algorithm_type=foo", "'dpm:algorithm_type=foo' cannot be built: foo is not implemented")])
 def test_make_scheduler_bad_options_say_what_is_wrong(spec, message):
     with pytest.raises(ValueError, match=message):
         make_scheduler(spec, make_train_scheduler().config)
+
+
+def test_a_bad_value_that_only_fails_at_set_timesteps_is_a_value_error_too():
+    from pipeline.schedulers import check_steps
+
+    with pytest.raises(ValueError, match="'euler:timestep_spacing=bogus' cannot set 4 steps: bogus is not supported"):
+        check_steps("euler:timestep_spacing=bogus", make_train_scheduler(), 4)
 
 
 def test_repeated_timesteps_are_refused_before_sampling_with_the_fix_named():
