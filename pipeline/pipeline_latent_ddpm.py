@@ -88,6 +88,14 @@ def _load_component(model_cls, folder, subfolder, torch_dtype=None):
                          "the folder is incomplete or damaged, re-save or re-download it") from e
 
 
+def _label_count(class_labels):
+    """How many labels a list / array / tensor of them holds; None for no labels or a single int."""
+    if class_labels is None:
+        return None
+    ndim = class_labels.ndim if torch.is_tensor(class_labels) else np.ndim(class_labels)
+    return len(class_labels) if ndim == 1 else None
+
+
 class LatentDDPMPipeline(DiffusionPipeline):
     r"""Latent diffusion for 28x28 grayscale digits: UNet2DModel denoiser + CABAutoencoder + a diffusers scheduler."""
 
@@ -195,7 +203,8 @@ class LatentDDPMPipeline(DiffusionPipeline):
         `batch_size` images from pure noise, or, with `image` ((N, 28, 28) / (N, 1, 28, 28) / (N, 28, 28, 1) float in
         [0, 1] or uint8, numpy or torch, or a list of PIL images), N images by SDEdit: encode, noise to the level set
         by `strength` and denoise the rest (`strength=0` returns the autoencoder reconstruction). `class_labels` (int or
-        one per image) and `guidance_scale` apply to class-conditional UNets (`guidance_scale=1`: no guidance).
+        one per image; a list of N labels alone makes N images) and `guidance_scale` apply to class-conditional UNets
+        (`guidance_scale=1`: no guidance).
         `output_type`: "pil" (list of grayscale images), "np" (float32 (N, 28, 28, 1) in [0, 1]) or "pt" ((N, 1, 28, 28)).
         `callback_on_step_end(pipe, i, t, callback_kwargs)` follows the diffusers convention and may return new "latents".
         Returns a `LatentDDPMPipelineOutput`, or a tuple `(images,)` / `(images, intermediates)` if `return_dict=False`.
@@ -222,6 +231,9 @@ class LatentDDPMPipeline(DiffusionPipeline):
             if batch_size not in (1, len(image)):
                 raise ValueError(f"`batch_size` ({batch_size}) must be 1 or match the number of images ({len(image)}).")
             batch_size = len(image)
+        n_labels = _label_count(class_labels)
+        if n_labels is not None and batch_size == 1:  # like DiTPipeline: one image per label
+            batch_size = n_labels
 
         device, dtype = self._execution_device, self.unet.dtype
         labels = self._prepare_class_labels(class_labels, batch_size, device)

@@ -306,6 +306,13 @@ def test_class_labels_count_per_label(cond_pipe):
     assert out.images.shape == (4, 28, 28, 1)
     with pytest.raises(ValueError, match="one per image"):
         cond_pipe(batch_size=3, class_labels=[1, 2], num_inference_steps=STEPS)
+    # labels alone set the batch, as in the README's `pipe(class_labels=[0, 1, 2], guidance_scale=1.5)`
+    alone = cond_pipe(class_labels=[0, 3, 9], guidance_scale=1.5, generator=gen(), num_inference_steps=STEPS,
+                      output_type="pt").images
+    given = cond_pipe(batch_size=3, class_labels=[0, 3, 9], guidance_scale=1.5, generator=gen(),
+                      num_inference_steps=STEPS, output_type="pt").images
+    torch.testing.assert_close(alone, given)
+    assert cond_pipe(class_labels=torch.tensor([1, 2]), num_inference_steps=STEPS, output_type="np").images.shape[0] == 2
     with pytest.raises(ValueError, match=r"\[0, 9\]"):
         cond_pipe(batch_size=1, class_labels=NULL_LABEL, num_inference_steps=STEPS)
 
