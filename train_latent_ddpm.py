@@ -38,15 +38,20 @@ def build_unet(cfg, autoencoder) -> UNet2DModel:
     if size % 2 ** depth:
         raise UserError(f"{size}x{size} latents cannot be halved {depth} times by the UNet; "
                         "use fewer unet.block_out_channels or an autoencoder with larger latents")
-    return UNet2DModel(
-        sample_size=size, in_channels=autoencoder.config.latent_channels,
-        out_channels=autoencoder.config.latent_channels, block_out_channels=tuple(u.block_out_channels),
-        down_block_types=tuple(u.down_block_types), up_block_types=tuple(u.up_block_types),
-        layers_per_block=u.layers_per_block, attention_head_dim=u.attention_head_dim,
-        norm_num_groups=u.norm_num_groups, dropout=u.dropout,
-        # Class conditioning: one extra embedding is the "no label" class used for CFG.
-        num_class_embeds=NUM_CLASSES + 1 if cfg.conditioning == "class" else None,
-    )
+    try:
+        return UNet2DModel(
+            sample_size=size, in_channels=autoencoder.config.latent_channels,
+            out_channels=autoencoder.config.latent_channels, block_out_channels=tuple(u.block_out_channels),
+            down_block_types=tuple(u.down_block_types), up_block_types=tuple(u.up_block_types),
+            layers_per_block=u.layers_per_block, attention_head_dim=u.attention_head_dim,
+            norm_num_groups=u.norm_num_groups, dropout=u.dropout,
+            # Class conditioning: one extra embedding is the "no label" class used for CFG.
+            num_class_embeds=NUM_CLASSES + 1 if cfg.conditioning == "class" else None,
+        )
+    except (ValueError, TypeError) as e:  # a misspelt block type, channels that norm_num_groups does not divide
+        raise UserError(f"the unet.* options do not build a diffusers UNet2DModel ({str(e).splitlines()[0]}); "
+                        "check --unet.down_block_types / --unet.up_block_types (e.g. DownBlock2D, AttnDownBlock2D / "
+                        "UpBlock2D, AttnUpBlock2D) and that unet.norm_num_groups divides every channel count") from e
 
 
 def loss_fn(cfg, scheduler, unet, latents, labels, gen):
@@ -84,16 +89,18 @@ def main(argv):
     set_seed(cfg.seed)
     clock.lap("set-up")
 
-    # 1. Frozen autoencoder and the training split as latents on the accelerator.
+    # 1. Frozen autoencoder, the UNet its latents decide the shape of (built before the data, so bad
+    #    unet options fail in seconds; the data takes no random numbers, so the initial weights are the same),
+    #    and the training split as latents on the accelerator.
     autoencoder = load_autoencoder(cfg.autoencoder)
+    unet = build_unet(cfg, autoencoder)
     images, labels = load_digits("train", cfg.dataset, cfg.data_dir)
     images, labels = images[:cfg.max_train_samples], labels[:cfg.max_train_samples]
     latents = cached_latents(accelerator, autoencoder, images, cfg.dataset)
     labels = torch.as_tensor(labels, device=accelerator.device) if cfg.conditioning == "class" else None
     clock.lap("data and latents")
 
-    # 2. UNet, noise schedule, EMA, optimizer.
-    unet = build_unet(cfg, autoencoder)
+    # 2. Noise schedule, EMA, optimizer.
     noise_scheduler = make_train_scheduler(cfg.ddpm_num_steps, cfg.ddpm_beta_schedule, cfg.prediction_type)
     if cfg.prediction_type == "epsilon" and noise_scheduler.alphas_cumprod[-1] < 1e-6:
         accelerator.print(f"warning: {cfg.ddpm_beta_schedule} ends at alpha_bar={noise_scheduler.alphas_cumprod[-1]:.1e}; "

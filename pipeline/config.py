@@ -150,9 +150,14 @@ class LatentDDPMTrainConfig(TrainConfig):
     hub_private_repo: bool = False
 
     def validate(self):
+        from .schedulers import BETA_SCHEDULES, PREDICTION_TYPES
+
         super().validate()
-        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise UserError(f"prediction_type must be epsilon, v_prediction or sample, got {self.prediction_type!r}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise UserError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {self.prediction_type!r}")
+        if self.ddpm_beta_schedule not in BETA_SCHEDULES:
+            raise UserError(f"ddpm_beta_schedule must be one of {', '.join(BETA_SCHEDULES)} (the cosine schedule is "
+                            f"squaredcos_cap_v2), got {self.ddpm_beta_schedule!r}")
         if self.conditioning not in ("none", "class"):
             raise UserError(f"conditioning must be none or class, got {self.conditioning!r}")
         if not 0 <= self.class_dropout < 1:

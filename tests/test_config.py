@@ -69,6 +69,9 @@ def test_bad_values_are_user_errors(args, match):
 def test_ddpm_specific_checks():
     with pytest.raises(UserError, match="prediction_type"):
         parse_config(LatentDDPMTrainConfig, ["--prediction_type", "x0"])
+    with pytest.raises(UserError, match="ddpm_beta_schedule must be one of linear, scaled_linear, squaredcos_cap_v2 "
+                                        r"\(the cosine schedule is squaredcos_cap_v2\), got 'cosine'"):
+        parse_config(LatentDDPMTrainConfig, ["--ddpm_beta_schedule", "cosine"])
     with pytest.raises(UserError, match="hub_model_id"):
         parse_config(LatentDDPMTrainConfig, ["--push_to_hub", "true"])
     with pytest.raises(UserError, match="same length"):

@@ -203,6 +203,17 @@ def test_unet_that_does_not_fit_the_latents(mnist_dir, tiny_autoencoder_run, tmp
     assert res.returncode == 2 and "8x8 latents cannot be halved 4 times" in res.stderr
 
 
+def test_a_misspelt_unet_block_type_is_one_line_before_any_data(tmp_path, tiny_autoencoder_run):
+    """--data_dir points nowhere: the UNet is built (and refused) before the data is read."""
+    args = ddpm_args(tmp_path / "no_data", tiny_autoencoder_run, tmp_path / "x")
+    args += ["--unet.down_block_types", "[DownBlock2D, AttnDownBlok2D]"]
+    res = run_script("train_latent_ddpm.py", args, check=False)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith(
+        "error: the unet.* options do not build a diffusers UNet2DModel (AttnDownBlok2D does not exist.); "
+        "check --unet.down_block_types")
+
+
 def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(mnist_dir, tiny_autoencoder_run, tmp_path):
     out = tmp_path / "nan"
     args = ddpm_args(mnist_dir, tiny_autoencoder_run, out, steps=10, extra=["--checkpointing_steps", "5"])
