@@ -101,6 +101,7 @@ def main(argv=None):
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     test_x, _ = load_digits("test", dataset=args.dataset, data_dir=args.data_dir)
+    train_x, _ = load_digits("train", dataset=args.dataset, data_dir=args.data_dir)
     classifier = get_classifier(args.dataset, args.data_dir, device="cpu")  # the benchmark's judge (run_benchmark.py)
     reference = get_reference(args.dataset, args.data_dir, classifier)
     saved = CABAutoencoder.from_pretrained(folder).to(device)
@@ -111,8 +112,7 @@ def main(argv=None):
             model = CABAutoencoder.from_config(saved.config).to(device)
             model.load_state_dict(state)
         scores = psnr_ssim(test_x, encode_decode(model, test_x, args.batch_size)[1])
-        rec = score_reconstructions(model, classifier, reference, FLOOR_SIZE, args.dataset, args.data_dir,
-                                    args.batch_size)
+        rec = score_reconstructions(model, classifier, reference, FLOOR_SIZE, train_x, args.batch_size)
         rows.append({"step": step, "label": label, "psnr": scores["psnr"], "ssim": scores["ssim"], **rec})
         print(f"{label:>16} (step {step}): PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f}, "
               f"reconstructed FID {rec['fid_reconstructed']:.3f} (real {reference.floor['fid']:.3f})", flush=True)

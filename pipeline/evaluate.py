@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from pipeline.errors import UserError, run_cli
 
@@ -68,7 +69,9 @@ def parse_args(argv):
     p.add_argument("--batch_size", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--dataset", default="ylecun/mnist", help="the dataset the model was trained on (picks the judge)")
+    p.add_argument("--dataset", default=None,
+                   help="the dataset the model was trained on (picks the judge); default: the one named in the "
+                        "folder's training_config.yaml or model card, else ylecun/mnist")
     p.add_argument("--data_dir", default=None, help="folder with the four IDX files, if the Hub is unreachable")
     p.add_argument("--guidance_scales", default=None, metavar="1,2,3,5",
                    help="class-conditional pipelines: sweep these classifier-free guidance scales "
@@ -115,6 +118,45 @@ def model_kind(path: Path) -> str:
             return "autoencoder"
     raise UserError(f"--pipeline {path} is neither a LatentDDPMPipeline folder (model_index.json) nor a "
                     f"CABAutoencoder folder (config.json); pass the output_dir of a training run")
+
+
+def trained_on(path: Path) -> tuple[str, str] | None:
+    """(dataset, where it was read) for a run folder: its training_config.yaml, else its model card's
+    `datasets` (a folder from the Hub); None if neither names one."""
+    config = path / "training_config.yaml"
+    if config.is_file():
+        try:
+            dataset = (yaml.safe_load(config.read_text()) or {}).get("dataset")
+        except (yaml.YAMLError, AttributeError):
+            dataset = None
+        if isinstance(dataset, str):
+            return dataset, str(config)
+    card = path / "README.md"
+    if card.is_file():
+        from huggingface_hub import ModelCard
+        try:
+            datasets = ModelCard.load(card).data.datasets
+        except Exception:  # not a model card, or damaged metadata: fall back to the default
+            datasets = None
+        if isinstance(datasets, str):
+            datasets = [datasets]
+        if datasets:
+            return datasets[0], f"{card} (metadata)"
+    return None
+
+
+def pick_dataset(path: Path, asked: str | None) -> str:
+    """--dataset if given (warning when the folder says otherwise), else the folder's own, else MNIST."""
+    found = trained_on(path)
+    if asked is None:
+        if found is None:
+            return "ylecun/mnist"
+        print(f"dataset {found[0]}, from {found[1]} (--dataset overrides)")
+        return found[0]
+    if found is not None and found[0] != asked:
+        print(f"warning: --dataset {asked}, but {found[1]} says the model was trained on {found[0]}; "
+              "its judge and floor are the ones that fit")
+    return asked
 
 
 def load_pipeline(path: Path, device):
@@ -171,16 +213,15 @@ def _prepare(output_dir) -> Path:
     return out
 
 
-def score_reconstructions(autoencoder, classifier, reference, num_samples, dataset="ylecun/mnist", data_dir=None,
-                          batch_size=1000) -> dict:
-    """`<metric>_reconstructed`: the judge on the floor's own `num_samples` real training images after a trip
-    through `autoencoder`. No latent model decoded by it can expect to score better."""
-    from pipeline.data import load_digits, to_uint8
+def score_reconstructions(autoencoder, classifier, reference, num_samples, train_images, batch_size=1000) -> dict:
+    """`<metric>_reconstructed`: the judge on the floor's own `num_samples` real training images (picked from
+    `train_images`, the training split) after a trip through `autoencoder`. No latent model decoded by it can
+    expect to score better."""
+    from pipeline.data import to_uint8
     from pipeline.latent_cache import encode_decode
     from pipeline.metrics import FLOOR_SIZE, score_digits
 
-    train_x, _ = load_digits("train", dataset=dataset, data_dir=data_dir)
-    real = train_x[:FLOOR_SIZE][reference.floor_pick(num_samples)]
+    real = train_images[:FLOOR_SIZE][reference.floor_pick(num_samples)]
     scores = score_digits(to_uint8(encode_decode(autoencoder, real, batch_size)[1]), classifier, reference)
     return {f"{key}_reconstructed": scores[key] for key, _, _ in TABLE}
 
@@ -194,6 +235,7 @@ def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=
                       batch_size=1000, dataset="ylecun/mnist", data_dir=None) -> dict:
     """Sample with `pipe` (left untouched: a copy gets `scheduler`), score, write the three files, return metrics."""
     from pipeline.classifier import classifier_accuracy, get_classifier
+    from pipeline.data import load_digits
     from pipeline.metrics import get_reference, score_digits
     from pipeline.schedulers import with_scheduler
     from pipeline.visualisation import save_grid
@@ -201,9 +243,10 @@ def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=
     if num_samples < MIN_SAMPLES:
         raise UserError(f"--num_samples {num_samples} is too few to score; use at least {MIN_SAMPLES}")
     out = _prepare(output_dir)
-    # The judge first: if it cannot be had (no data), fail before spending time on sampling.
+    # The judge and the real digits first: if they cannot be had (no data), fail before spending time on sampling.
     classifier = get_classifier(dataset, data_dir, device=pipe.device)
     reference = get_reference(dataset, data_dir, classifier)
+    train_images, _ = load_digits("train", dataset=dataset, data_dir=data_dir)
     sampler = with_scheduler(pipe, scheduler)
 
     start = time.perf_counter()
@@ -213,8 +256,7 @@ def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=
     save_grid(images[:100], out / "samples.png", nrow=10)
 
     metrics = score_digits(images, classifier, reference)
-    metrics.update(score_reconstructions(pipe.autoencoder, classifier, reference, num_samples, dataset, data_dir,
-                                         batch_size))
+    metrics.update(score_reconstructions(pipe.autoencoder, classifier, reference, num_samples, train_images, batch_size))
     metrics.update(scheduler=scheduler, num_inference_steps=num_inference_steps, seed=seed, batch_size=batch_size,
                    device=str(pipe.device), sampling_seconds=round(seconds, 3),
                    digits_per_second=round(num_samples / seconds, 2),
@@ -235,6 +277,7 @@ def evaluate_autoencoder(autoencoder, output_dir, batch_size=1000, dataset="ylec
 
     out = _prepare(output_dir)
     originals, _ = load_digits("test", dataset=dataset, data_dir=data_dir)
+    train_images, _ = load_digits("train", dataset=dataset, data_dir=data_dir)
     _, recons = encode_decode(autoencoder, originals, batch_size)
     scores = psnr_ssim(originals, recons)
     reconstruction_figure(originals, recons, out / "reconstructions.png")
@@ -244,8 +287,7 @@ def evaluate_autoencoder(autoencoder, output_dir, batch_size=1000, dataset="ylec
 
     classifier = get_classifier(dataset, data_dir, device=autoencoder.device)
     reference = get_reference(dataset, data_dir, classifier)
-    metrics.update(score_reconstructions(autoencoder, classifier, reference, FLOOR_SIZE, dataset, data_dir,
-                                         batch_size))
+    metrics.update(score_reconstructions(autoencoder, classifier, reference, FLOOR_SIZE, train_images, batch_size))
     metrics.update({f"{key}_floor": reference.floor[key] for key, _, _ in TABLE}, floor_num_samples=FLOOR_SIZE)
     print(f"\n{'':16}{'reconstructed':>15}{'real data':>11}   ({FLOOR_SIZE} training images vs the test split)")
     for key, label, hint in TABLE:
@@ -266,14 +308,15 @@ def main(argv=None):
                         "drop --guidance_scales")
     device = pick_device(args.device)
     out = Path(args.output_dir).expanduser() if args.output_dir else path / "eval"
+    dataset = pick_dataset(path, args.dataset)
     if kind == "autoencoder":
         from pipeline.latent_cache import load_autoencoder
         return evaluate_autoencoder(load_autoencoder(path).to(device), out, batch_size=args.batch_size,
-                                    dataset=args.dataset, data_dir=args.data_dir)
+                                    dataset=dataset, data_dir=args.data_dir)
     if args.num_samples < MIN_SAMPLES:  # before loading anything
         raise UserError(f"--num_samples {args.num_samples} is too few to score; use at least {MIN_SAMPLES}")
     settings = dict(num_samples=args.num_samples, num_inference_steps=args.num_inference_steps,
-                    scheduler=args.scheduler, seed=args.seed, batch_size=args.batch_size, dataset=args.dataset,
+                    scheduler=args.scheduler, seed=args.seed, batch_size=args.batch_size, dataset=dataset,
                     data_dir=args.data_dir)
     pipe = load_pipeline(path, device)
     try:  # before the judge and the sampling: a scheduler that cannot run these steps fails now, in one line

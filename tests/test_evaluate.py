@@ -130,3 +130,35 @@ def test_evaluate_refuses_a_scheduler_that_repeats_timesteps_in_one_line(tiny_pi
         "error: scheduler 'dpm:algorithm_type=foo' cannot be built: foo is not implemented for "
         "<class 'diffusers.schedulers.scheduling_dpmsolver_multistep.DPMSolverMultistepScheduler'>; "
         "check its option values"]
+
+
+def test_a_missing_data_dir_fails_before_any_sampling(tiny_pipeline, tmp_path, mnist_dir):
+    from pipeline.classifier import get_classifier
+    from pipeline.metrics import get_reference
+
+    # With the judge and its floor cached, nothing before the sampling reads --data_dir but the check for it.
+    get_reference(data_dir=mnist_dir, classifier=get_classifier(data_dir=mnist_dir))
+    proc = run_evaluate("--pipeline", tiny_pipeline, "--data_dir", tmp_path / "nope", "--num_samples", 16,
+                        "--device", "cpu", "--output_dir", tmp_path / "out")
+    assert proc.returncode == 2 and "sampled" not in proc.stdout
+    assert proc.stderr.strip().splitlines() == [
+        f"error: --data_dir {tmp_path / 'nope'} does not exist; pass a folder holding the four MNIST IDX files"]
+
+
+def test_the_judge_follows_the_dataset_the_folder_was_trained_on(tmp_path, capsys):
+    """A Fashion-MNIST run scored without --dataset must get the Fashion judge, not MNIST's."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from pipeline.evaluate import pick_dataset
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert pick_dataset(run, None) == "ylecun/mnist"  # nothing says otherwise
+    card = ModelCard.from_template(ModelCardData(datasets=["zalando-datasets/fashion_mnist"]), template_str="---\n{{ card_data }}\n---\n")
+    card.save(run / "README.md")  # a folder from the Hub: only the model card says
+    assert pick_dataset(run, None) == "zalando-datasets/fashion_mnist"
+    (run / "training_config.yaml").write_text("seed: 0\ndataset: my/digits\n")  # training_config.yaml wins
+    assert pick_dataset(run, None) == "my/digits"
+    assert "dataset my/digits, from" in capsys.readouterr().out
+    assert pick_dataset(run, "ylecun/mnist") == "ylecun/mnist"  # --dataset wins, with a warning
+    assert "warning: --dataset ylecun/mnist, but" in capsys.readouterr().out

@@ -233,8 +233,9 @@ def test_perfect_reconstructions_score_exactly_the_floor(judge, mnist_dir):
             return z
 
     classifier, reference, _ = judge
+    train_images, _ = load_digits("train", data_dir=mnist_dir)
     for n in (500, 10_000):
-        got = score_reconstructions(Identity(), classifier, reference, n, data_dir=mnist_dir)
+        got = score_reconstructions(Identity(), classifier, reference, n, train_images)
         for key in ("fid", "precision", "recall", "kl_to_uniform", "mean_confidence"):
             assert got[f"{key}_reconstructed"] == pytest.approx(reference.floor_for(n)[key], abs=1e-6), (n, key)
 
