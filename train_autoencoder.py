@@ -94,7 +94,7 @@ def main(argv):
     # 4. Save the model with its latent scaling, then measure and draw.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        finish(accelerator.unwrap_model(model), cfg, out, train_images, test_images, test_labels, loss_log, clock)
+        finish(accelerator.unwrap_model(model), cfg, out, train_images, test_images, test_labels, loss_log, clock, stop)
     accelerator.end_training()
 
 
@@ -112,7 +112,7 @@ def validate(accelerator, model, held_out, step):
     return psnr
 
 
-def finish(model, cfg, out, train_images, test_images, test_labels, loss_log, clock):
+def finish(model, cfg, out, train_images, test_images, test_labels, loss_log, clock, stop):
     model = model.float()
     # Unit-variance latents for the diffusion stage: estimated on up to 10k training digits
     # (encoded only; divided by the factor the encoder applies, 1 before this line has run).
@@ -120,6 +120,7 @@ def finish(model, cfg, out, train_images, test_images, test_labels, loss_log, cl
     model.register_to_config(scaling_factor=float(1.0 / latents.std()))
     model.save_pretrained(out)
     clock.lap("scaling and saving", saved=True)
+    stop.model_saved(out)  # a stop signal from here on ends the run at once: the model is safe
 
     test_latents, recons = encode_decode(model, test_images)
     originals = test_images.astype(np.float32) / 255.0

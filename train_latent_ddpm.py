@@ -160,7 +160,7 @@ def main(argv):
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         pipe = final_pipeline(accelerator, unet, ema, autoencoder, noise_scheduler)
-        finish(pipe, cfg, out, loss_log, clock)
+        finish(pipe, cfg, out, loss_log, clock, stop)
     accelerator.wait_for_everyone()
     accelerator.end_training()
 
@@ -212,15 +212,16 @@ def final_pipeline(accelerator, unet, ema, autoencoder, noise_scheduler):
     return make_pipeline(model.float().eval(), autoencoder.to(accelerator.device).float().eval(), noise_scheduler)
 
 
-def finish(pipe, cfg, out, loss_log, clock):
+def finish(pipe, cfg, out, loss_log, clock, stop):
     from pipeline.evaluate import evaluate_pipeline
-    from pipeline.export import push_folder, save_pipeline_folder
+    from pipeline.export import push_folder, save_pipeline_folder, write_model_card
     from pipeline.figures import pipeline_figures
 
     # The trained model is saved before anything that could fail (pictures, evaluation).
     save_pipeline_folder(pipe, out, dataset=cfg.dataset)
     print(f"pipeline saved to {out}")
     clock.lap("saving", saved=True)
+    stop.model_saved(out)  # a stop signal from here on ends the run at once: the pipeline is safe
     pipe.set_progress_bar_config(disable=True)
     loss_log.plot(out / "loss.png", f"latent diffusion loss ({cfg.prediction_type})")
     pipeline_figures(pipe, cfg, out)
@@ -231,8 +232,8 @@ def finish(pipe, cfg, out, loss_log, clock):
                                     scheduler="dpm", seed=cfg.seed, output_dir=out / "evaluation",
                                     dataset=cfg.dataset, data_dir=cfg.data_dir)
         clock.lap("evaluation")
-    # Again, now with the sample grid and the measured metrics in the model card.
-    save_pipeline_folder(pipe, out, metrics=metrics, sample_grid_path=str(out / "samples.png"), dataset=cfg.dataset)
+    # The model card again, now with the sample grid and the measured metrics.
+    write_model_card(pipe, out, metrics=metrics, sample_grid_path=str(out / "samples.png"), dataset=cfg.dataset)
     clock.lap("saving")
     clock.write(out / "timings.json")
     if cfg.push_to_hub:

@@ -59,8 +59,6 @@ def save_pipeline_folder(pipe, output_dir, metrics: dict | None = None, sample_g
     """Save `pipe` (a LatentDDPMPipeline) as a complete, self-describing pipeline folder; returns its path."""
     if type(pipe).__name__ != PIPELINE_CLASS or type(pipe.autoencoder).__name__ != AUTOENCODER_CLASS:
         raise ValueError(f"expected a {PIPELINE_CLASS} with a {AUTOENCODER_CLASS}, got {type(pipe).__name__}")
-    if sample_grid_path is not None and not os.path.isfile(sample_grid_path):
-        raise FileNotFoundError(f"sample grid {sample_grid_path} does not exist")
     out = Path(output_dir)
     pipe.save_pretrained(out, safe_serialization=True)
 
@@ -72,10 +70,21 @@ def save_pipeline_folder(pipe, output_dir, metrics: dict | None = None, sample_g
     index["_class_name"] = [PIPELINE_MODULE, PIPELINE_CLASS]
     index["autoencoder"] = [AUTOENCODER_MODULE, AUTOENCODER_CLASS]
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return write_model_card(pipe, out, metrics, sample_grid_path, dataset, license, repo_id)
 
+
+def write_model_card(pipe, output_dir, metrics: dict | None = None, sample_grid_path: str | None = None,
+                     dataset: str = "ylecun/mnist", license: str = "mit", repo_id: str | None = None) -> Path:
+    """(Re)write the model card of a saved pipeline folder, with `metrics` and the sample grid if given;
+    the weights are left alone. Written under a temporary name and renamed, so it is never half a file."""
+    if sample_grid_path is not None and not os.path.isfile(sample_grid_path):
+        raise FileNotFoundError(f"sample grid {sample_grid_path} does not exist")
+    out = Path(output_dir)
     if sample_grid_path is not None and Path(sample_grid_path).resolve() != (out / SAMPLE_GRID).resolve():
         shutil.copyfile(sample_grid_path, out / SAMPLE_GRID)  # (a training run may have drawn it there already)
-    (out / "README.md").write_text(_model_card(pipe, metrics, sample_grid_path is not None, dataset, license, repo_id))
+    tmp = out / "README.md.tmp"
+    tmp.write_text(_model_card(pipe, metrics, sample_grid_path is not None, dataset, license, repo_id))
+    os.replace(tmp, out / "README.md")
     _check_no_token(out, [p for p in _list_files(out) if not p.endswith(".safetensors")])
     return out
 

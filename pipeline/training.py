@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
+from tqdm.auto import tqdm
 
 from .config import to_dict
 from .errors import UserError
@@ -301,11 +302,27 @@ class StopRequest:
             return True
         return False
 
+    def model_saved(self, where):
+        """Call once the trained model is on disk: from then on a stop signal ends the run at once, as
+        only scores and pictures are left to lose; one that came after the loop ends it here."""
+        def stop_now(signum, frame=None):
+            print(f"\nstopped by {signal.Signals(signum).name} after the trained model was saved to {where}; "
+                  "skipped the scores and pictures still to come", flush=True)
+            raise SystemExit(128 + signum)
+
+        if self.signum is not None:
+            stop_now(self.signum)
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, stop_now)
+
 
 def exit_after_signal(accelerator, checkpoint, signum):
     name = signal.Signals(signum).name if signum else "signal"
-    accelerator.print(f"stopped by {name}: checkpoint saved to {checkpoint}; "
-                      "run the same command with --resume_from_checkpoint latest to continue")
+    # tqdm.write: the message on a line of its own, not after the progress bar
+    message = (f"stopped by {name}: checkpoint saved to {checkpoint}; "
+               "run the same command with --resume_from_checkpoint latest to continue")
+    if accelerator.is_main_process:
+        tqdm.write(message)
     accelerator.end_training()
     raise SystemExit(128 + (signum or 15))
 

@@ -63,3 +63,29 @@ def test_kill_9_then_resume_ends_with_identical_weights(mnist_dir, tiny_autoenco
     a, b = load_file(str(out / name)), load_file(str(tiny_autoencoder_run / name))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     assert (out / "loss.csv").read_text() == (tiny_autoencoder_run / "loss.csv").read_text()
+
+
+def test_sigterm_once_the_model_is_saved_stops_at_once_and_keeps_it(mnist_dir, tmp_path):
+    """After the save only scores and pictures are left (here a t-SNE of 10,000 latents, about half a
+    minute): a stop signal must end the run then, not be swallowed by the training loop's handler."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO, tiny_ae_args
+    from pipeline.latent_cache import load_autoencoder
+
+    out = tmp_path / "ae"
+    args = tiny_ae_args(mnist_dir, out, steps=2) + ["--max_eval_samples", "10000", "--tsne_num_points", "10000"]
+    proc = subprocess.Popen([sys.executable, str(REPO / "train_autoencoder.py"), *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while not (out / "diffusion_pytorch_model.safetensors").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, output[-2000:]
+    assert f"stopped by SIGTERM after the trained model was saved to {out}" in output and "Traceback" not in output
+    assert not (out / "tsne_test.png").exists() and not (out / "timings.json").exists()
+    assert load_autoencoder(out).config.scaling_factor != 1.0  # the saved model is whole
