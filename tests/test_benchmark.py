@@ -269,6 +269,18 @@ def test_explicit_commit_wins_over_git_and_report_states_unequal_budgets():
     assert report._budget(run(439, 420), ["project"]) == ""
 
 
+def test_the_committed_gpu_results_render_as_committed():
+    """The README says `run_benchmark.py --merge` of the two committed halves makes the committed table;
+    they predate timings.json, so the raw-data row must say so rather than print 'n/a s'."""
+    from benchmarks import report
+
+    results = REPO / "benchmarks" / "results"
+    md = report.markdown(json.loads((results / "h200-20261124.json").read_text()))
+    assert md == (results / "h200-20261124.md").read_text()
+    assert "| raw data to saved pipeline (both scripts, wall clock) | not measured (514 s for both scripts" in md
+    assert "n/a s" not in md
+
+
 def test_flops_counts_what_a_sampled_digit_costs_for_configs_and_overrides():
     from benchmarks.flops import count
 
