@@ -128,7 +128,7 @@ def finish(model, cfg, out, train_images, test_images, test_labels, loss_log, cl
     metrics = {"psnr": m["psnr"], "ssim": m["ssim"], "num_images": m["num_images"],
                "scaling_factor": model.config.scaling_factor, "max_train_steps": cfg.max_train_steps}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(f"test split: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} over {m['num_images']} digits; "
+    print(f"test split: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} over {m['num_images']} test images; "
           f"scaling_factor {model.config.scaling_factor:.4f}")
     clock.lap("test-split scores")
 

@@ -282,7 +282,7 @@ def evaluate_autoencoder(autoencoder, output_dir, batch_size=1000, dataset="ylec
     scores = psnr_ssim(originals, recons)
     reconstruction_figure(originals, recons, out / "reconstructions.png")
     metrics = dict(psnr=scores["psnr"], ssim=scores["ssim"], num_images=scores["num_images"], dataset=dataset)
-    print(f"\nreconstruction of {scores['num_images']} test digits: "
+    print(f"\nreconstruction of {scores['num_images']} test images: "
           f"PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f} (perfect: inf, 1)")
 
     classifier = get_classifier(dataset, data_dir, device=autoencoder.device)
