@@ -89,8 +89,8 @@ def main(argv):
     set_seed(cfg.seed)
     clock.lap("set-up")
 
-    # 1. Frozen autoencoder, the UNet its latents decide the shape of (built before the data, so bad
-    #    unet options fail in seconds; the data takes no random numbers, so the initial weights are the same),
+    # 1. Frozen autoencoder, the UNet its latents decide the shape of (built first, so bad unet options fail
+    #    in seconds; reading and encoding the data draws no random numbers, so the order changes no weights),
     #    and the training split as latents on the accelerator.
     autoencoder = load_autoencoder(cfg.autoencoder)
     unet = build_unet(cfg, autoencoder)
