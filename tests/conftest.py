@@ -14,11 +14,14 @@ def mnist_dir():
     return MNIST_DIR
 
 
-@pytest.fixture(autouse=True)
-def _offline_and_private_cache(tmp_path_factory, monkeypatch):
-    # Tests never reach the Hub and never touch the user's cache.
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("LATENT_DIGITS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+@pytest.fixture(scope="session", autouse=True)
+def _offline_and_private_cache(tmp_path_factory):
+    # Tests never reach the Hub and never touch the user's cache. For the whole session, so that the
+    # session and module fixtures (set up before any per-test fixture) and the scripts they start see it too.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("LATENT_DIGITS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        yield
 
 
 @pytest.fixture(scope="module")

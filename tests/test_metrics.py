@@ -28,15 +28,10 @@ def digits(mnist_dir):
 
 
 @pytest.fixture(scope="session")
-def judge(mnist_dir, digits, tmp_path_factory):
-    # Session fixtures run before conftest's per-test env fixture: point at the same private cache here.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LATENT_DIGITS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        classifier = get_classifier(data_dir=mnist_dir)
-        reference = get_reference(data_dir=mnist_dir, classifier=classifier)
-        folder = classifier_dir()
-    return classifier, reference, folder
+def judge(mnist_dir, digits):
+    classifier = get_classifier(data_dir=mnist_dir)  # into conftest's private cache
+    reference = get_reference(data_dir=mnist_dir, classifier=classifier)
+    return classifier, reference, classifier_dir()
 
 
 @pytest.fixture(scope="session")
