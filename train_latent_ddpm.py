@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from pipeline import training, visualisation
 from pipeline.config import LatentDDPMTrainConfig, parse_config, save_config
 from pipeline.data import load_digits
-from pipeline.errors import UserError, run_cli
+from pipeline.errors import UserError, first_line, run_cli
 from pipeline.latent_cache import cached_latents, load_autoencoder
 from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
 from pipeline.schedulers import make_train_scheduler, with_scheduler
@@ -49,7 +49,7 @@ def build_unet(cfg, autoencoder) -> UNet2DModel:
             num_class_embeds=NUM_CLASSES + 1 if cfg.conditioning == "class" else None,
         )
     except (ValueError, TypeError) as e:  # a misspelt block type, channels that norm_num_groups does not divide
-        raise UserError(f"the unet.* options do not build a diffusers UNet2DModel ({str(e).splitlines()[0]}); "
+        raise UserError(f"the unet.* options do not build a diffusers UNet2DModel ({first_line(e)}); "
                         "check --unet.down_block_types / --unet.up_block_types (e.g. DownBlock2D, AttnDownBlock2D / "
                         "UpBlock2D, AttnUpBlock2D) and that unet.norm_num_groups divides every channel count") from e
 

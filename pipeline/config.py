@@ -16,7 +16,7 @@ from typing import Optional
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 SECRET_KEYS = {"hub_token"}  # never written to disk or logged
 
@@ -296,7 +296,7 @@ def _read_yaml(path):
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}")
+        raise UserError(f"config file {path} is not valid YAML: {first_line(e)}")
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of key: value")
     return data

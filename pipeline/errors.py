@@ -12,6 +12,11 @@ class UserError(Exception):
     """An error caused by input the user can fix; the message says how."""
 
 
+def first_line(e: Exception) -> str:
+    """What to quote of an exception in a one-line error: its message's first line, or its class name."""
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
 def run_cli(main, argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv

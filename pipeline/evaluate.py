@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import yaml
 
-from pipeline.errors import UserError, run_cli
+from pipeline.errors import UserError, first_line, run_cli
 
 MIN_SAMPLES = 10  # precision/recall need k+1 neighbours; below this the numbers mean nothing
 TABLE = [("fid", "FID", "lower is better"), ("precision", "precision", "realism"),
@@ -167,7 +167,7 @@ def load_pipeline(path: Path, device):
     try:
         pipe = LatentDDPMPipeline.from_pretrained(str(path))
     except Exception as e:  # missing weights, wrong component classes, ...
-        raise UserError(f"cannot load the pipeline {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        raise UserError(f"cannot load the pipeline {path}: {first_line(e)}")
     return pipe.to(device)
 
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from .autoencoder import CABAutoencoder
 from .data import hub_unavailable, to_digits, to_model_input
-from .errors import UserError
+from .errors import UserError, first_line
 from .paths import cache_dir
 
 
@@ -53,7 +53,7 @@ def load_autoencoder(path_or_id) -> CABAutoencoder:
     try:
         return CABAutoencoder.from_pretrained(str(path_or_id))
     except Exception as e:
-        raise UserError(f"cannot load the autoencoder {path_or_id}: {str(e).splitlines()[0]}")
+        raise UserError(f"cannot load the autoencoder {path_or_id}: {first_line(e)}")
 
 
 def autoencoder_fingerprint(autoencoder) -> str:

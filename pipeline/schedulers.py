@@ -18,6 +18,8 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
+from .errors import first_line
+
 SCHEDULERS = {
     "ddpm": DDPMScheduler,
     "ddim": DDIMScheduler,
@@ -79,11 +81,7 @@ def make_scheduler(spec: str, config):
     try:
         return cls.from_config(getattr(config, "config", config), **{**overrides, **options})
     except (TypeError, ValueError, NotImplementedError) as e:  # a bad option value: "x" for an int, an unknown name
-        raise ValueError(f"scheduler {spec!r} cannot be built: {_first_line(e)}; check its option values") from e
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"scheduler {spec!r} cannot be built: {first_line(e)}; check its option values") from e
 
 
 def check_steps(spec: str, config, num_inference_steps: int):
@@ -95,7 +93,7 @@ def check_steps(spec: str, config, num_inference_steps: int):
     try:
         scheduler.set_timesteps(num_inference_steps)
     except (TypeError, ValueError, NotImplementedError) as e:  # e.g. timestep_spacing=bogus fails only here
-        raise ValueError(f"scheduler {spec!r} cannot set {num_inference_steps} steps: {_first_line(e)}") from e
+        raise ValueError(f"scheduler {spec!r} cannot set {num_inference_steps} steps: {first_line(e)}") from e
     if repeats_timesteps(scheduler):
         t = [int(x) for x in scheduler.timesteps]
         raise ValueError(f"scheduler {spec!r} repeats timesteps at {num_inference_steps} steps ({t}) with this "

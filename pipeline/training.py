@@ -21,7 +21,7 @@ from accelerate.utils import ProjectConfiguration
 from tqdm.auto import tqdm
 
 from .config import to_dict
-from .errors import UserError
+from .errors import UserError, first_line
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "training_state.json"  # written last into a checkpoint; marks it complete
@@ -261,8 +261,8 @@ def resume(accelerator, cfg) -> int:
             accelerator.load_state(str(path))
         except Exception as e:  # a truncated file inside an otherwise complete folder
             if spec != "latest":
-                raise UserError(f"checkpoint {path} cannot be loaded: {str(e).splitlines()[0]}")
-            accelerator.print(f"warning: skipping unreadable checkpoint {path}: {str(e).splitlines()[0]}")
+                raise UserError(f"checkpoint {path} cannot be loaded: {first_line(e)}")
+            accelerator.print(f"warning: skipping unreadable checkpoint {path}: {first_line(e)}")
             continue
         step = json.loads((path / STATE_FILE).read_text())["global_step"]
         accelerator.print(f"resumed from {path} at step {step}")
