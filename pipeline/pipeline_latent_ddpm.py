@@ -232,8 +232,8 @@ class LatentDDPMPipeline(DiffusionPipeline):
                 raise ValueError(f"`batch_size` ({batch_size}) must be 1 or match the number of images ({len(image)}).")
             batch_size = len(image)
         n_labels = _label_count(class_labels)
-        if n_labels is not None and batch_size == 1:  # like DiTPipeline: one image per label
-            batch_size = n_labels
+        if image is None and n_labels is not None and batch_size == 1:  # like DiTPipeline: one image per label
+            batch_size = n_labels  # (with `image`, the images set the batch and the labels must match it)
 
         device, dtype = self._execution_device, self.unet.dtype
         labels = self._prepare_class_labels(class_labels, batch_size, device)

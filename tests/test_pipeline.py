@@ -313,6 +313,8 @@ def test_class_labels_count_per_label(cond_pipe):
                       num_inference_steps=STEPS, output_type="pt").images
     torch.testing.assert_close(alone, given)
     assert cond_pipe(class_labels=torch.tensor([1, 2]), num_inference_steps=STEPS, output_type="np").images.shape[0] == 2
+    with pytest.raises(ValueError, match="one per image"):  # with images, the images set the batch
+        cond_pipe(image=np.zeros((1, 28, 28), np.float32), strength=0.5, class_labels=[0, 1, 2], num_inference_steps=STEPS)
     with pytest.raises(ValueError, match=r"\[0, 9\]"):
         cond_pipe(batch_size=1, class_labels=NULL_LABEL, num_inference_steps=STEPS)
 
