@@ -1,1 +1,1 @@
-"""The GPU benchmark of issue 4: see benchmarks/README.md and benchmarks/run_benchmark.py."""
+"""Benchmarks of this project: the GPU comparison with pixel-space DDPM and the studies around it (see benchmarks/README.md)."""

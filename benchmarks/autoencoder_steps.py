@@ -1,4 +1,4 @@
-"""How long must the autoencoder train? Its scores at every checkpoint of one run (issue 4).
+"""How long must the autoencoder train? Its scores at every checkpoint of one run.
 
     python benchmarks/autoencoder_steps.py --autoencoder runs/autoencoder --data_dir DIR
 

@@ -1,4 +1,4 @@
-"""What one sampled digit costs in FLOPs, for the full configs or overrides of them (issue 4).
+"""What one sampled digit costs in FLOPs, for the full configs or overrides of them.
 
     python benchmarks/flops.py
     python benchmarks/flops.py --ae_args='--autoencoder.block_out_channels [32,64,128]' \

@@ -1,4 +1,4 @@
-"""The benchmark's outputs: <name>.json (everything), <name>.md (tables ready for the README),
+"""The benchmark's outputs: <name>.json (everything), <name>.md (tables ready for docs/results.md),
 <name>_samples.npz and PNG sample grids; and `merge`, which joins a project-only and a
 baseline-only run (made by separate `--only` commands) into one report."""
 

@@ -1,4 +1,4 @@
-"""One-command benchmark (issue 4): this project's latent DDPM against the pixel-space DDPM
+"""One-command benchmark: this project's latent DDPM against the pixel-space DDPM
 baseline a diffusers user would pick, trained for the same time on the same GPU.
 
     python benchmarks/run_benchmark.py --output benchmarks/results/            # GPU: the real thing
@@ -11,7 +11,7 @@ baseline a diffusers user would pick, trained for the same time on the same GPU.
    (all training timesteps, fewer samples), sampling speed at the largest batch that fits,
    peak GPU memory; for the latent pipeline also time vs batch size.
 Results: <output>/<name>.json (all numbers, hardware, commit, command), <name>.md (tables for
-the README) and PNG sample grids. See benchmarks/README.md.
+docs/results.md) and PNG sample grids. See benchmarks/README.md.
 """
 
 import argparse

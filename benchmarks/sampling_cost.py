@@ -1,4 +1,4 @@
-"""How sampling cost grows with batch size and with steps, for any saved pipeline (issue 4).
+"""How sampling cost grows with batch size and with steps, for any saved pipeline.
 
     python benchmarks/sampling_cost.py --pipeline runs/demo/pipeline --output benchmarks/results
     python benchmarks/sampling_cost.py --pipeline runs/latent_ddpm --batches 1,10,100,1000,10000 --steps 10,20,50

@@ -1,4 +1,4 @@
-"""Noise schedules and training objectives on one training budget (issue 5).
+"""Noise schedules and training objectives on one training budget.
 
     python benchmarks/schedules.py --output benchmarks/results                 # GPU: full configs
     python benchmarks/schedules.py --output benchmarks/results --cpu            # 2-core CPU: quick configs
@@ -9,8 +9,8 @@ autoencoder, config, seed, data order, noise draws and number of steps; only the
 (linear = DDPM's 1e-4..0.02, cosine = squaredcos_cap_v2), the prediction target (epsilon or
 v) and min-SNR loss weighting (gamma 5, Hang et al. 2023) change. Each is scored with the same
 judge and sampling seed at 10/20/50 DPM-Solver++ steps (and full DDPM with --ddpm_samples).
-Results: <output>/<name>.json (every number, hardware, commit, command), <name>.md (the README
-table) and <name>.png (samples of each variant, titled with their FID).
+Results: <output>/<name>.json (every number, hardware, commit, command), <name>.md (the table in
+docs/tuning.md) and <name>.png (samples of each variant, titled with their FID).
 """
 
 import argparse

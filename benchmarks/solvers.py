@@ -1,4 +1,4 @@
-"""Which sampler, and how few steps, for a trained pipeline: FID per (scheduler, steps) (issue 4).
+"""Which sampler, and how few steps, for a trained pipeline: FID per (scheduler, steps).
 
     python benchmarks/solvers.py --pipeline runs/latent_ddpm --steps 6,8,10,15,20 \
         --schedulers dpm dpm:solver_order=3 unipc unipc:solver_order=3

@@ -1,4 +1,4 @@
-"""benchmarks/: the GPU benchmark of issue 4, smoke-tested on a CPU.
+"""benchmarks/: the GPU benchmark and its studies, smoke-tested on a CPU.
 
 `run_benchmark.py --quick` runs end to end with tiny models (about a minute, plus one judge
 classifier training when the session's private cache has none), its outputs carry every
