@@ -9,6 +9,7 @@ The resolved config is written into the run folder (`training_config.yaml`).
 
 import dataclasses
 import difflib
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,36 +22,41 @@ from .errors import UserError, first_line
 SECRET_KEYS = {"hub_token"}  # never written to disk or logged
 
 
+def option(default=dataclasses.MISSING, help="", *, factory=dataclasses.MISSING):
+    """A config field with its reason: the reason is `--help`'s text and the only place it is written."""
+    return field(default=default, default_factory=factory, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     """Options both training scripts share; names follow diffusers' example scripts."""
 
-    output_dir: str = "runs/default"  # the run folder: model, pictures, logs, checkpoints
-    dataset: str = "ylecun/mnist"  # Hub dataset id; zalando-datasets/fashion_mnist also works
-    data_dir: Optional[str] = None  # folder with the four IDX files: skips the Hub entirely
-    max_train_samples: Optional[int] = None  # use only the first N training digits (quick tests)
-    seed: int = 0  # seeds weights, data order and noise: same seed, same run
-    train_batch_size: int = 256  # per process; the effective batch is this x processes x accumulation
-    max_train_steps: int = 2000  # optimizer steps; training ends exactly here, also after resume
-    learning_rate: float = 1e-3  # peak learning rate after warmup
-    lr_scheduler: str = "cosine"  # any name diffusers.optimization.get_scheduler knows
-    lr_warmup_steps: int = 100  # linear warmup keeps the first large-batch steps stable
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.99  # shorter second-moment memory suits short runs
-    adam_weight_decay: float = 0.0
-    max_grad_norm: float = 1.0  # gradient clipping guards against rare spikes
-    gradient_accumulation_steps: int = 1  # simulate a larger batch on small hardware
-    mixed_precision: str = "no"  # no / fp16 / bf16 (bf16 on Ampere+ GPUs)
-    checkpointing_steps: int = 500  # save the full Accelerate state this often
-    checkpoints_total_limit: Optional[int] = 2  # keep this many checkpoint-N folders
-    resume_from_checkpoint: Optional[str] = None  # a checkpoint path or "latest"
-    report_to: str = "tensorboard"  # Accelerate tracker; "none" disables logging
-    logging_dir: str = "logs"  # relative to output_dir
-    logging_steps: int = 20  # how often scalars go to the tracker
-    validation_steps: int = 500  # how often pictures go to the tracker
-    compile: bool = False  # torch.compile the model (GPU runs; slow to start on CPU)
-    compile_mode: str = "default"  # reduce-overhead adds CUDA graphs: fewer launches for small 8x8 UNets
-    num_threads: Optional[int] = None  # CPU threads for torch; None leaves torch's default
+    output_dir: str = option("runs/default", "the run folder: model, pictures, logs, checkpoints")
+    dataset: str = option("ylecun/mnist", "Hub dataset id; zalando-datasets/fashion_mnist also works")
+    data_dir: Optional[str] = option(None, "folder with the four IDX files: skips the Hub entirely")
+    max_train_samples: Optional[int] = option(None, "use only the first N training digits (quick tests)")
+    seed: int = option(0, "seeds weights, data order and noise: same seed, same run")
+    train_batch_size: int = option(256, "per process; the effective batch is this x processes x accumulation")
+    max_train_steps: int = option(2000, "optimizer steps; training ends exactly here, also after resume")
+    learning_rate: float = option(1e-3, "peak learning rate after warmup")
+    lr_scheduler: str = option("cosine", "any name diffusers.optimization.get_scheduler knows")
+    lr_warmup_steps: int = option(100, "linear warmup keeps the first large-batch steps stable")
+    adam_beta1: float = option(0.9, "AdamW first-moment decay")
+    adam_beta2: float = option(0.99, "shorter second-moment memory suits short runs")
+    adam_weight_decay: float = option(0.0, "AdamW decoupled weight decay; 0 turns it off")
+    max_grad_norm: float = option(1.0, "gradient clipping guards against rare spikes")
+    gradient_accumulation_steps: int = option(1, "simulate a larger batch on small hardware")
+    mixed_precision: str = option("no", "no / fp16 / bf16 (bf16 on Ampere+ GPUs)")
+    checkpointing_steps: int = option(500, "save the full Accelerate state this often")
+    checkpoints_total_limit: Optional[int] = option(2, "keep this many checkpoint-N folders")
+    resume_from_checkpoint: Optional[str] = option(None, "a checkpoint path or \"latest\"")
+    report_to: str = option("tensorboard", "Accelerate tracker; \"none\" disables logging")
+    logging_dir: str = option("logs", "relative to output_dir")
+    logging_steps: int = option(20, "how often scalars go to the tracker")
+    validation_steps: int = option(500, "how often pictures go to the tracker")
+    compile: bool = option(False, "torch.compile the model (GPU runs; slow to start on CPU)")
+    compile_mode: str = option("default", "reduce-overhead adds CUDA graphs: fewer launches for small 8x8 UNets")
+    num_threads: Optional[int] = option(None, "CPU threads for torch; null leaves torch's default")
 
     def validate(self):
         positive = ["train_batch_size", "max_train_steps", "gradient_accumulation_steps",
@@ -85,19 +91,19 @@ class TrainConfig:
 class AutoencoderModelConfig:
     """Arguments of CABAutoencoder; they become its config.json."""
 
-    block_out_channels: list = field(default_factory=lambda: [64, 128, 128])  # one entry per resolution; 3 -> 32x32 to 8x8
-    layers_per_block: int = 2  # residual CAB blocks per resolution
-    latent_channels: int = 4  # 4x8x8 latents: small enough for a fast UNet, rich enough for 38 dB
-    reduction: int = 8  # channel-attention squeeze ratio
-    norm_num_groups: int = 16
+    block_out_channels: list = option(factory=lambda: [64, 128, 128], help="one entry per resolution; 3 -> 32x32 to 8x8")
+    layers_per_block: int = option(2, "residual CAB blocks per resolution")
+    latent_channels: int = option(4, "4x8x8 latents: small enough for a fast UNet, rich enough for 38 dB")
+    reduction: int = option(8, "channel-attention squeeze ratio")
+    norm_num_groups: int = option(16, "GroupNorm groups; must divide every block_out_channels entry")
 
 
 @dataclass
 class AutoencoderTrainConfig(TrainConfig):
-    output_dir: str = "runs/autoencoder"
-    autoencoder: AutoencoderModelConfig = field(default_factory=AutoencoderModelConfig)
-    tsne_num_points: int = 10000  # t-SNE of the full test split; lower it for a faster CPU run
-    max_eval_samples: Optional[int] = None  # PSNR/SSIM over the full test split unless set (quick tests)
+    output_dir: str = option("runs/autoencoder", "the run folder: model, pictures, logs, checkpoints")
+    autoencoder: AutoencoderModelConfig = option(factory=AutoencoderModelConfig, help="the architecture")
+    tsne_num_points: int = option(10000, "t-SNE of the full test split; lower it for a faster CPU run")
+    max_eval_samples: Optional[int] = option(None, "PSNR/SSIM over the full test split unless set (quick tests)")
 
     def validate(self):
         super().validate()
@@ -114,40 +120,40 @@ class AutoencoderTrainConfig(TrainConfig):
 class UNetConfig:
     """Arguments of diffusers' UNet2DModel for 8x8 latents."""
 
-    block_out_channels: list = field(default_factory=lambda: [128, 256])
-    down_block_types: list = field(default_factory=lambda: ["DownBlock2D", "AttnDownBlock2D"])
-    up_block_types: list = field(default_factory=lambda: ["AttnUpBlock2D", "UpBlock2D"])
-    layers_per_block: int = 2
-    attention_head_dim: int = 64
-    norm_num_groups: int = 32
-    dropout: float = 0.0
+    block_out_channels: list = option(factory=lambda: [128, 256], help="channels per level; each level after the first halves the latents")
+    down_block_types: list = option(factory=lambda: ["DownBlock2D", "AttnDownBlock2D"], help="DownBlock2D or AttnDownBlock2D (attention) per level")
+    up_block_types: list = option(factory=lambda: ["AttnUpBlock2D", "UpBlock2D"], help="the mirror of down_block_types: UpBlock2D or AttnUpBlock2D")
+    layers_per_block: int = option(2, "ResNet blocks per level")
+    attention_head_dim: int = option(64, "channels per attention head in the Attn* blocks")
+    norm_num_groups: int = option(32, "GroupNorm groups; must divide every block_out_channels entry")
+    dropout: float = option(0.0, "dropout inside the ResNet blocks")
 
 
 @dataclass
 class LatentDDPMTrainConfig(TrainConfig):
-    output_dir: str = "runs/latent_ddpm"
-    autoencoder: str = "runs/autoencoder"  # trained autoencoder folder or Hub id
-    unet: UNetConfig = field(default_factory=UNetConfig)
-    learning_rate: float = 2e-4
-    ddpm_num_steps: int = 1000
-    ddpm_beta_schedule: str = "squaredcos_cap_v2"  # cosine schedule: more useful steps at low noise
+    output_dir: str = option("runs/latent_ddpm", "the run folder: it ends up a complete pipeline folder")
+    autoencoder: str = option("runs/autoencoder", "trained autoencoder folder or Hub id")
+    unet: UNetConfig = option(factory=UNetConfig, help="the denoiser")
+    learning_rate: float = option(2e-4, "peak learning rate after warmup")
+    ddpm_num_steps: int = option(1000, "training timesteps of the noise schedule")
+    ddpm_beta_schedule: str = option("squaredcos_cap_v2", "cosine schedule: more useful steps at low noise")
     # v_prediction: with the cosine schedule alpha_bar(999) ~ 2e-9, so an epsilon model's x0 estimate
     # near t=T divides its error by 5e-5 and every sampler starting at t=999 diverges (measured).
-    prediction_type: str = "v_prediction"  # epsilon / v_prediction / sample; must match at sampling
-    snr_gamma: Optional[float] = 5.0  # min-SNR loss weighting, best in benchmarks/schedules.py; null = off
-    conditioning: str = "none"  # none / class: class-conditional UNet with label dropout for CFG
-    class_dropout: float = 0.1  # fraction of labels dropped so one model learns both modes
-    use_ema: bool = True  # EMA weights sample better than the raw ones
-    ema_max_decay: float = 0.9999
-    ema_inv_gamma: float = 1.0
-    ema_power: float = 0.75
-    save_images_steps: int = 500  # decoded sample grids to TensorBoard this often
-    num_inference_steps: int = 20  # steps for the pictures made at the end (DPM-Solver++)
-    eval_num_samples: int = 10000  # score this many samples at the end (FID etc.); 0 skips it
-    push_to_hub: bool = False
-    hub_model_id: Optional[str] = None
-    hub_token: Optional[str] = None  # else HF_TOKEN or `huggingface-cli login`; never saved
-    hub_private_repo: bool = False
+    prediction_type: str = option("v_prediction", "epsilon / v_prediction / sample; must match at sampling")
+    snr_gamma: Optional[float] = option(5.0, "min-SNR loss weighting, best in benchmarks/schedules.py; null = off")
+    conditioning: str = option("none", "none / class: class-conditional UNet with label dropout for CFG")
+    class_dropout: float = option(0.1, "fraction of labels dropped so one model learns both modes")
+    use_ema: bool = option(True, "EMA weights sample better than the raw ones")
+    ema_max_decay: float = option(0.9999, "cap on the EMA decay; short runs never reach it (docs/tuning.md)")
+    ema_inv_gamma: float = option(1.0, "EMA warm-up: decay = 1 - (1 + step / ema_inv_gamma) ** -ema_power")
+    ema_power: float = option(0.75, "EMA warm-up speed: 3/4 suits short runs, 2/3 long ones (diffusers' EMAModel)")
+    save_images_steps: int = option(500, "decoded sample grids to TensorBoard this often")
+    num_inference_steps: int = option(20, "steps for the pictures made at the end (DPM-Solver++)")
+    eval_num_samples: int = option(10000, "score this many samples at the end (FID etc.); 0 skips it")
+    push_to_hub: bool = option(False, "upload the pipeline folder at the end (not checkpoints or logs)")
+    hub_model_id: Optional[str] = option(None, "the Hub repo to push to, user/name")
+    hub_token: Optional[str] = option(None, "the Hub token, else HF_TOKEN or `hf auth login`; never saved")
+    hub_private_repo: bool = option(False, "create the Hub repo as private")
 
     def validate(self):
         from .schedulers import BETA_SCHEDULES, PREDICTION_TYPES
@@ -262,13 +268,14 @@ def _merge(base: dict, over: dict):
 
 
 def parse_config(cls, argv):
-    """Build a validated `cls` from `--config FILE` and `--key value` pairs in argv."""
-    values, overrides, i = {}, {}, 0
+    """Build a validated `cls` from `--config FILE` and `--key value` pairs in argv.
+    `--help` prints every option with its reason and `--dry_run` the resolved config; both then exit."""
+    values, overrides, i, dry_run = {}, {}, 0, False
     argv = list(argv)
     while i < len(argv):
         arg = argv[i]
         if arg in ("-h", "--help"):
-            print(describe(cls))
+            print(describe(cls, Path(sys.argv[0]).name))
             raise SystemExit(0)
         if not arg.startswith("--"):
             raise UserError(f"unexpected argument {arg!r}; options look like --key value")
@@ -282,10 +289,16 @@ def parse_config(cls, argv):
                 raise UserError("--config needs a value: a YAML file such as configs/latent_ddpm_quick.yaml")
             values = _merge(values, _read_yaml(raw))
             continue
+        if key == "dry_run":
+            dry_run = bare or _check_type("dry_run", _CommandLineValue(raw).parsed(), bool)
+            continue
         # A bare flag (`--push_to_hub`) means true, as in diffusers' scripts; other types then complain.
         _set_nested(overrides, key, _CommandLineValue("true", bare=True) if bare else _CommandLineValue(raw))
     cfg = _build(cls, _merge(values, overrides))
     cfg.validate()
+    if dry_run:  # what the run would use, nothing more: no folder, no data, no model
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        raise SystemExit(0)
     return cfg
 
 
@@ -314,16 +327,34 @@ def save_config(cfg, path):
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def describe(cls) -> str:
-    lines = [f"options of {cls.__name__} (--key value; nested as --group.key value):"]
+def _shown(value) -> str:
+    """A default as it would be typed on the command line (YAML): null, true, [64, 128], runs/demo."""
+    if isinstance(value, str):
+        return value  # string options take the text as typed (`--mixed_precision no`)
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def describe(cls, prog="SCRIPT") -> str:
+    """`--help`: the options that are not config keys, then every key with its default and its reason."""
+    lines = [f"usage: python {prog} [--config FILE] [--key value ...] [--dry_run] [--debug]", "",
+             "  --config FILE   read options from a YAML file (configs/*.yaml); the command line overrides it",
+             "  --dry_run       print the resolved options as YAML and exit, training nothing",
+             "  --debug         show the traceback behind an `error:` line",
+             "  -h, --help      show this text", "",
+             f"options of {cls.__name__}: --key value, nested as --group.key value; values are YAML "
+             "(true, 1e-4, null, [64,128])"]
 
     def walk(c, prefix):
+        hints = typing.get_type_hints(c)
         for f in dataclasses.fields(c):
-            if dataclasses.is_dataclass(f.type if not isinstance(f.type, str) else typing.get_type_hints(c)[f.name]):
-                walk(typing.get_type_hints(c)[f.name], prefix + f.name + ".")
-            else:
-                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                lines.append(f"  --{prefix}{f.name} (default {default!r})")
+            if dataclasses.is_dataclass(hints[f.name]):
+                lines.append(f"  --{prefix}{f.name}.*: {f.metadata.get('help', '')}")
+                walk(hints[f.name], prefix + f.name + ".")
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            left = f"  --{prefix}{f.name} {_shown(default)}"
+            why = f.metadata.get("help", "")
+            lines.append(f"{left:<44}{why}" if len(left) < 44 else f"{left}\n{'':<44}{why}")
 
     walk(cls, "")
     return "\n".join(lines)

@@ -94,3 +94,62 @@ def test_string_options_keep_what_was_typed():
                                                 "--dataset", '"ylecun/mnist"', "--data_dir", "null"])
     assert cfg.mixed_precision == "no" and cfg.output_dir == "2024"
     assert cfg.dataset == "ylecun/mnist" and cfg.data_dir is None
+
+
+def _exit_output(capsys, cls, argv):
+    with pytest.raises(SystemExit) as stop:
+        parse_config(cls, argv)
+    assert stop.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cls", [AutoencoderTrainConfig, LatentDDPMTrainConfig])
+def test_help_gives_every_option_its_default_and_reason(capsys, cls):
+    import dataclasses
+    import typing
+
+    text = _exit_output(capsys, cls, ["--help"])
+    for flag in ("--config FILE", "--dry_run", "--debug"):  # not config keys, but options all the same
+        assert f"  {flag}" in text
+
+    def keys(c, prefix=""):
+        hints = typing.get_type_hints(c)
+        for f in dataclasses.fields(c):
+            if dataclasses.is_dataclass(hints[f.name]):
+                yield from keys(hints[f.name], prefix + f.name + ".")
+            else:
+                yield prefix + f.name, f.metadata.get("help")
+
+    entries = text.split("\n  --")
+    for key, why in keys(cls):
+        assert why, f"{key} has no reason: give it option(..., help)"
+        entry = next((e for e in entries if e.startswith(key + " ")), None)
+        assert entry is not None and why in " ".join(entry.split()), f"--help lacks {key} or its reason"
+    assert "--learning_rate 0.003" not in text and "peak learning rate after warmup" in text
+
+
+def test_dry_run_prints_the_resolved_config_and_exits(capsys, tmp_path):
+    argv = ["--config", str(REPO / "configs/latent_ddpm_quick.yaml"), "--seed", "3", "--unet.layers_per_block", "1",
+            "--hub_token", "hf_secret123"]
+    text = _exit_output(capsys, LatentDDPMTrainConfig, [*argv, "--dry_run"])
+    assert "hf_secret123" not in text
+    printed = yaml.safe_load(text)
+    assert printed["seed"] == 3 and printed["unet"]["layers_per_block"] == 1
+    # What it prints is the config the run would use: fed back as --config, it gives the same one.
+    (tmp_path / "resolved.yaml").write_text(text)
+    again = parse_config(LatentDDPMTrainConfig, ["--config", str(tmp_path / "resolved.yaml"), "--hub_token", "hf_secret123"])
+    assert again == parse_config(LatentDDPMTrainConfig, argv)
+    assert parse_config(LatentDDPMTrainConfig, [*argv, "--dry_run", "false"]).seed == 3
+    with pytest.raises(UserError, match="dry_run expects bool"):
+        parse_config(LatentDDPMTrainConfig, ["--dry_run", "maybe"])
+
+
+def test_dry_run_of_a_script_writes_nothing(tmp_path):
+    from conftest import run_script
+
+    out = tmp_path / "run"
+    res = run_script("train_autoencoder.py", ["--config", str(REPO / "configs/autoencoder_quick.yaml"),
+                                              "--output_dir", str(out), "--max_train_steps", "7", "--dry_run"])
+    assert yaml.safe_load(res.stdout)["max_train_steps"] == 7 and not out.exists()
+    bad = run_script("train_autoencoder.py", ["--learning_rat", "1", "--dry_run"], check=False)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: unknown config key 'learning_rat'")
