@@ -43,9 +43,10 @@ def count(ae_args=(), ddpm_args=()):
     autoencoder = CABAutoencoder(**vars(ae_cfg.autoencoder)).eval()
     unet = build_unet(ddpm_cfg, autoencoder).eval()
     image = torch.zeros(1, autoencoder.config.in_channels, autoencoder.config.sample_size, autoencoder.config.sample_size)
-    latent = autoencoder.encode(image).detach()
+    latent = autoencoder.encode(image).latents.detach()
     return {"unet_call": gflop(lambda z: unet(z, torch.tensor([500])), latent),
-            "decode": gflop(autoencoder.decode, latent), "encode": gflop(autoencoder.encode, image),
+            "decode": gflop(lambda z: autoencoder.decode(z).sample, latent),
+            "encode": gflop(lambda x: autoencoder.encode(x).latents, image),
             "unet_parameters": sum(p.numel() for p in unet.parameters()),
             "autoencoder_parameters": sum(p.numel() for p in autoencoder.parameters()),
             "unet": list(ddpm_cfg.unet.block_out_channels), "autoencoder": list(ae_cfg.autoencoder.block_out_channels)}

@@ -4,17 +4,36 @@ It compresses 32x32 digits (28x28 padded) in [-1, 1] into small latents (4x8x8 b
 for the diffusion model. Like diffusers' AutoencoderKL, its config carries a
 `scaling_factor`: after training it is set to 1/std of the training latents, so the
 diffusion stage sees unit-variance inputs; `encode` returns unscaled latents and the
-caller multiplies (and divides before `decode`).
+caller multiplies (and divides before `decode`). As in diffusers' VQModel and AutoencoderKL,
+`encode` returns an `EncoderOutput` (`.latents`) and `decode` a `DecoderOutput` (`.sample`),
+or plain tuples with `return_dict=False`.
 
 This file is self-contained (torch + diffusers only) because it is shipped inside every
 saved pipeline folder, where it must import without this repo.
 """
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
+from diffusers.utils import BaseOutput
+
+
+@dataclass
+class EncoderOutput(BaseOutput):
+    """`latents`: unscaled latents (N, latent_channels, 8, 8); multiply by `config.scaling_factor` for the UNet."""
+
+    latents: torch.Tensor
+
+
+@dataclass
+class DecoderOutput(BaseOutput):
+    """`sample`: decoded images (N, 1, 32, 32) in about [-1, 1] (clamp for display)."""
+
+    sample: torch.Tensor
 
 
 class ChannelAttention(nn.Module):
@@ -95,13 +114,16 @@ class CABAutoencoder(ModelMixin, ConfigMixin):
     def latent_size(self) -> int:
         return self.config.sample_size // 2 ** (len(self.config.block_out_channels) - 1)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 1, 32, 32) in [-1, 1] -> unscaled latents (N, latent_channels, 8, 8)."""
-        return self.encoder(x)
+    def encode(self, x: torch.Tensor, return_dict: bool = True) -> EncoderOutput | tuple:
+        """(N, 1, 32, 32) in [-1, 1] -> unscaled latents (N, latent_channels, 8, 8), as `.latents`."""
+        z = self.encoder(x)
+        return EncoderOutput(latents=z) if return_dict else (z,)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Unscaled latents -> images in about [-1, 1] (clamp for display)."""
-        return self.decoder(z)
+    def decode(self, z: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple:
+        """Unscaled latents -> images in about [-1, 1] (clamp for display), as `.sample`."""
+        x = self.decoder(z)
+        return DecoderOutput(sample=x) if return_dict else (x,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
+        """The reconstruction as a plain tensor: what the training loss and validation compare with `x`."""
+        return self.decoder(self.encoder(x))

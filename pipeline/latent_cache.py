@@ -70,7 +70,7 @@ def encode_images(autoencoder, images_uint8, device, batch_size=500) -> torch.Te
     autoencoder.eval().to(device)
     out = []
     for i in range(0, len(images_uint8), batch_size):
-        z = autoencoder.encode(to_model_input(images_uint8[i:i + batch_size]).to(device))
+        z = autoencoder.encode(to_model_input(images_uint8[i:i + batch_size]).to(device)).latents
         out.append(z.float() * autoencoder.config.scaling_factor)
     return torch.cat(out)
 
@@ -82,9 +82,9 @@ def encode_decode(autoencoder, images_uint8, batch_size=1000):
     latents, recons = [], []
     for i in range(0, len(images_uint8), batch_size):
         x = to_model_input(images_uint8[i:i + batch_size]).to(autoencoder.device, autoencoder.dtype)
-        z = autoencoder.encode(x)
+        z = autoencoder.encode(x).latents
         latents.append(z.float().cpu())
-        recons.append(to_digits(autoencoder.decode(z)).cpu())
+        recons.append(to_digits(autoencoder.decode(z).sample).cpu())
     return torch.cat(latents), torch.cat(recons)[:, 0].numpy()
 
 

@@ -10,6 +10,7 @@ of every saved pipeline folder, where `DiffusionPipeline.from_pretrained(path, t
 imports it without this repo.
 """
 
+import contextlib
 import importlib
 import inspect
 import json
@@ -22,10 +23,29 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, ModelMixin, UNet2DModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.schedulers import SchedulerMixin
+from diffusers.utils import replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 
 DIGIT_SIZE = 28  # MNIST digits; the autoencoder sees them padded to its `sample_size` (32)
 OUTPUT_TYPES = ("pil", "np", "pt")
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
+
+        >>> pipe = DiffusionPipeline.from_pretrained("path/to/pipeline_folder", trust_remote_code=True)
+        >>> pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+        >>> digits = pipe(batch_size=16, num_inference_steps=20, generator=torch.manual_seed(0)).images
+
+        >>> # img2img: noise the digits halfway, then denoise them again
+        >>> redrawn = pipe(image=digits, strength=0.5, num_inference_steps=20).images
+
+        >>> # a class-conditional pipeline: three chosen digits with classifier-free guidance
+        >>> threes = pipe(class_labels=[3, 3, 3], guidance_scale=1.5, num_inference_steps=20).images
+        ```
+"""
 
 
 @dataclass
@@ -88,6 +108,14 @@ def _load_component(model_cls, folder, subfolder, torch_dtype=None):
                          "the folder is incomplete or damaged, re-save or re-download it") from e
 
 
+def _kind(value) -> str:
+    """What was passed, in words, for an error message: "a list of str", "a tensor of torch.float32"."""
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of {', '.join(sorted({type(v).__name__ for v in value})) or 'nothing'}"
+    dtype = getattr(value, "dtype", None)
+    return f"{type(value).__name__} of {dtype}" if dtype is not None else type(value).__name__
+
+
 def _label_count(class_labels):
     """How many labels a list / array / tensor of them holds; None for no labels or a single int."""
     if class_labels is None:
@@ -135,12 +163,39 @@ class LatentDDPMPipeline(DiffusionPipeline):
         pipe.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
         return pipe
 
-    def _prepare_class_labels(self, class_labels, batch_size, device):
-        """Labels for the UNet, or None for an unconditional UNet. No labels -> the null (unconditional) label."""
+    def check_inputs(self, batch_size, num_inference_steps, strength, image, output_type, class_labels,
+                     callback_on_step_end_tensor_inputs):
+        """Refuse bad arguments with a ValueError that says what is wrong, before anything runs."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive int; got {batch_size!r}.")
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be a positive int; got {num_inference_steps!r}.")
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"`strength` must be in [0, 1]; got {strength}.")
+        if strength < 1.0 and image is None:
+            raise ValueError("`strength` < 1 only makes sense with an `image` to start from (img2img).")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}; got {output_type!r}.")
+        unknown = [k for k in callback_on_step_end_tensor_inputs or [] if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"`callback_on_step_end_tensor_inputs` must be in {self._callback_tensor_inputs}; got {unknown}.")
+        if class_labels is None:
+            return
         num_class_embeds = self.unet.config.num_class_embeds
         if num_class_embeds is None:
-            if class_labels is not None:
-                raise ValueError("`class_labels` were given, but this UNet is unconditional (num_class_embeds is None).")
+            raise ValueError("`class_labels` were given, but this UNet is unconditional (num_class_embeds is None).")
+        labels = np.asarray(class_labels.cpu() if torch.is_tensor(class_labels) else class_labels)
+        if labels.ndim > 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"`class_labels` are class indices: an int from 0 to {num_class_embeds - 2}, or a list of "
+                             f"such ints, one per image; got {class_labels!r} ({_kind(class_labels)}).")
+        if labels.min() < 0 or labels.max() >= num_class_embeds - 1:  # the last embedding is the null label
+            raise ValueError(f"`class_labels` must lie in [0, {num_class_embeds - 2}]; got {labels.tolist()}.")
+
+    def _prepare_class_labels(self, class_labels, batch_size, device):
+        """Labels for the UNet, or None for an unconditional UNet. No labels -> the null (unconditional) label.
+        `class_labels` passed check_inputs: ints in range."""
+        num_class_embeds = self.unet.config.num_class_embeds
+        if num_class_embeds is None:
             return None
         null_label = num_class_embeds - 1  # trained as the "no class" label for classifier-free guidance
         if class_labels is None:
@@ -148,11 +203,27 @@ class LatentDDPMPipeline(DiffusionPipeline):
         labels = np.asarray(class_labels.cpu() if torch.is_tensor(class_labels) else class_labels)
         if labels.ndim == 0:
             labels = np.full(batch_size, labels)
-        if labels.ndim != 1 or len(labels) != batch_size or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"`class_labels` must be an int or {batch_size} ints (one per image); got {class_labels!r}.")
-        if labels.min() < 0 or labels.max() >= null_label:
-            raise ValueError(f"`class_labels` must lie in [0, {null_label - 1}]; got {labels.tolist()}.")
+        if len(labels) != batch_size:
+            raise ValueError(f"`class_labels` must be an int or {batch_size} ints (one per image); "
+                             f"got {len(labels)}: {labels.tolist()}.")
         return torch.as_tensor(labels, device=device, dtype=torch.long)
+
+    def prepare_latents(self, batch_size, dtype, device, generator, image=None, timestep=None):
+        """The starting latents: scaled noise, or (img2img) the encoded `image` noised to `timestep`
+        (left as encoded when `timestep` is None: strength 0 returns the autoencoder's reconstruction)."""
+        size = self.autoencoder.latent_size
+        shape = (batch_size, self.unet.config.in_channels, size, size)
+        if image is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+            return latents * self.scheduler.init_noise_sigma
+        pad = (self.autoencoder.config.sample_size - DIGIT_SIZE) // 2
+        x = torch.nn.functional.pad(image * 2 - 1, (pad,) * 4, value=-1.0)  # background is -1
+        x = x.to(device=device, dtype=self.autoencoder.dtype)
+        latents = (self.autoencoder.encode(x).latents * self.autoencoder.config.scaling_factor).to(dtype)
+        if timestep is None:
+            return latents
+        noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        return self.scheduler.add_noise(latents, noise, timestep.repeat(batch_size))
 
     def get_timesteps(self, num_inference_steps, strength):
         """Like diffusers' img2img pipelines: keep the last `strength` fraction of the schedule."""
@@ -176,12 +247,13 @@ class LatentDDPMPipeline(DiffusionPipeline):
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> float (N, 1, 28, 28) in [0, 1]: unscale, decode, clamp, rescale, crop the padding."""
         z = latents / self.autoencoder.config.scaling_factor
-        image = self.autoencoder.decode(z.to(self.autoencoder.dtype))
+        image = self.autoencoder.decode(z.to(self.autoencoder.dtype)).sample
         image = (image.clamp(-1, 1) + 1) / 2
         pad = (self.autoencoder.config.sample_size - DIGIT_SIZE) // 2
         return image[:, :, pad : pad + DIGIT_SIZE, pad : pad + DIGIT_SIZE]
 
     @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         batch_size: int = 1,
@@ -198,34 +270,51 @@ class LatentDDPMPipeline(DiffusionPipeline):
         guidance_scale: float = 1.0,
         return_intermediates: bool = False,
     ) -> LatentDDPMPipelineOutput | tuple:
-        r"""Generate digits.
+        r"""Generate digits from noise, or from given digits (img2img).
 
-        `batch_size` images from pure noise, or, with `image` ((N, 28, 28) / (N, 1, 28, 28) / (N, 28, 28, 1) float in
-        [0, 1] or uint8, numpy or torch, or a list of PIL images), N images by SDEdit: encode, noise to the level set
-        by `strength` and denoise the rest (`strength=0` returns the autoencoder reconstruction). `class_labels` (int or
-        one per image; a list of N labels alone makes N images) and `guidance_scale` apply to class-conditional UNets
-        (`guidance_scale=1`: no guidance).
-        `output_type`: "pil" (list of grayscale images), "np" (float32 (N, 28, 28, 1) in [0, 1]) or "pt" ((N, 1, 28, 28)).
-        `callback_on_step_end(pipe, i, t, callback_kwargs)` follows the diffusers convention and may return new "latents".
-        Returns a `LatentDDPMPipelineOutput`, or a tuple `(images,)` / `(images, intermediates)` if `return_dict=False`.
+        Args:
+            batch_size (`int`, defaults to 1):
+                How many digits to make from noise. With `image`, the images set the batch (pass 1 or their number);
+                with a list of `class_labels` alone, the labels do.
+            generator (`torch.Generator` or a list of them, *optional*):
+                The noise source; the same seed gives the same digits.
+            num_inference_steps (`int`, defaults to 50):
+                Denoising steps. With DPM-Solver++ or UniPC 10 to 20 are enough; DDPM needs hundreds.
+            eta (`float`, defaults to 0.0):
+                DDIM's eta (0: deterministic); schedulers whose `step` takes no `eta` ignore it.
+            output_type (`str`, defaults to `"pil"`):
+                `"pil"` (list of 28x28 grayscale images), `"np"` (float32 (N, 28, 28, 1) in [0, 1]) or `"pt"`
+                (float (N, 1, 28, 28) in [0, 1]).
+            return_dict (`bool`, defaults to `True`):
+                Return a `LatentDDPMPipelineOutput` rather than a tuple `(images,)` / `(images, intermediates)`.
+            callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*):
+                Called as `callback_on_step_end(pipe, i, t, callback_kwargs)` after each step; may return new `latents`.
+            callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`):
+                The tensors passed in `callback_kwargs`.
+            image (*optional*):
+                Digits to start from: (N, 28, 28), (N, 1, 28, 28) or (N, 28, 28, 1), float in [0, 1] or uint8, numpy
+                or torch, or a list of PIL images. They are encoded, noised to the level `strength` sets and denoised.
+            strength (`float`, defaults to 1.0):
+                With `image`, the fraction of the schedule to run: 1 starts from almost pure noise, 0 runs no step
+                and returns the autoencoder's reconstruction.
+            class_labels (`int`, list of `int`, array or tensor, *optional*):
+                Class indices (digits 0-9) for a class-conditional UNet: one int for the whole batch or one per image.
+            guidance_scale (`float`, defaults to 1.0):
+                Classifier-free guidance for class-conditional UNets; 1 is a single conditional pass, no guidance.
+            return_intermediates (`bool`, defaults to `False`):
+                Also return the decoded images before the first and after every step.
+
+        Examples:
+
+        Returns:
+            `LatentDDPMPipelineOutput` (`images`, `intermediates`), or a tuple if `return_dict` is `False`.
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
 
-        # 0. Check inputs
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive int; got {batch_size!r}.")
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"`num_inference_steps` must be a positive int; got {num_inference_steps!r}.")
-        if not 0.0 <= strength <= 1.0:
-            raise ValueError(f"`strength` must be in [0, 1]; got {strength}.")
-        if strength < 1.0 and image is None:
-            raise ValueError("`strength` < 1 only makes sense with an `image` to start from (img2img).")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}; got {output_type!r}.")
-        unknown = [k for k in callback_on_step_end_tensor_inputs or [] if k not in self._callback_tensor_inputs]
-        if unknown:
-            raise ValueError(f"`callback_on_step_end_tensor_inputs` must be in {self._callback_tensor_inputs}; got {unknown}.")
+        # 0. Check the inputs; the images, if any, set the batch, else a list of labels alone does
+        self.check_inputs(batch_size, num_inference_steps, strength, image, output_type, class_labels,
+                          callback_on_step_end_tensor_inputs)
         if image is not None:
             image = _digits_to_unit_tensor(image)
             if batch_size not in (1, len(image)):
@@ -242,19 +331,7 @@ class LatentDDPMPipeline(DiffusionPipeline):
         if do_cfg:
             labels = torch.cat([torch.full_like(labels, self.unet.config.num_class_embeds - 1), labels])
 
-        # 1. Prepare the starting latents: pure noise, or (img2img) the encoded digits
-        size = self.autoencoder.latent_size
-        shape = (batch_size, self.unet.config.in_channels, size, size)
-        if image is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-            latents = latents * self.scheduler.init_noise_sigma
-        else:
-            pad = (self.autoencoder.config.sample_size - DIGIT_SIZE) // 2
-            x = torch.nn.functional.pad(image * 2 - 1, (pad,) * 4, value=-1.0)  # background is -1
-            x = x.to(device=device, dtype=self.autoencoder.dtype)
-            latents = (self.autoencoder.encode(x) * self.autoencoder.config.scaling_factor).to(dtype)
-
-        # 2. Set the timesteps (img2img keeps only the last `strength` fraction and noises the latents to its start)
+        # 1. Set the timesteps (img2img keeps only the last `strength` fraction)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         if repeats_timesteps(self.scheduler):
@@ -263,14 +340,16 @@ class LatentDDPMPipeline(DiffusionPipeline):
                              "drop them (e.g. use_karras_sigmas) or use another scheduler.")
         if image is not None:
             timesteps = self.get_timesteps(num_inference_steps, strength)
-            if len(timesteps) > 0:  # strength 0 (or too small for one step): plain reconstruction
-                noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-                latents = self.scheduler.add_noise(latents, noise, timesteps[:1].repeat(batch_size))
 
-        # 3. Denoising loop
+        # 2. Prepare the starting latents: pure noise, or the encoded digits noised to the first kept timestep
+        start = timesteps[:1] if image is not None and len(timesteps) > 0 else None  # none: strength too small
+        latents = self.prepare_latents(batch_size, dtype, device, generator, image, start)
+
+        # 3. Denoising loop (no progress bar when there is nothing to denoise: strength 0)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
         intermediates = [self.decode_latents(latents)[:, 0].float().cpu().numpy()] if return_intermediates else None
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
+        bar = self.progress_bar(total=len(timesteps)) if len(timesteps) > 0 else contextlib.nullcontext()
+        with bar as progress_bar:
             for i, t in enumerate(timesteps):
                 model_input = torch.cat([latents] * 2) if do_cfg else latents
                 model_input = self.scheduler.scale_model_input(model_input, t)

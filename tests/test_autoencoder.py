@@ -2,7 +2,7 @@
 
 import torch
 
-from pipeline.autoencoder import CABAutoencoder, ChannelAttention
+from pipeline.autoencoder import CABAutoencoder, ChannelAttention, DecoderOutput, EncoderOutput
 
 TINY = dict(block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=4, reduction=4)
 
@@ -25,15 +25,28 @@ def test_channel_attention_rescales_each_channel_by_a_gate_in_0_1():
 def test_shapes_follow_the_config():
     x = torch.rand(3, 1, 32, 32) * 2 - 1
     ae = CABAutoencoder(**TINY)
-    assert ae.encode(x).shape == (3, 4, 8, 8) and ae.latent_size == 8
+    assert ae.encode(x).latents.shape == (3, 4, 8, 8) and ae.latent_size == 8
     assert ae(x).shape == x.shape
     ae = CABAutoencoder(**{**TINY, "block_out_channels": (8, 16), "latent_channels": 2})
-    assert ae.encode(x).shape == (3, 2, 16, 16) and ae.decode(ae.encode(x)).shape == x.shape
+    z = ae.encode(x).latents
+    assert z.shape == (3, 2, 16, 16) and ae.decode(z).sample.shape == x.shape
+
+
+def test_encode_and_decode_return_outputs_as_diffusers_autoencoders_do():
+    torch.manual_seed(0)
+    ae = CABAutoencoder(**TINY).eval()
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        encoded, (z,) = ae.encode(x), ae.encode(x, return_dict=False)
+        assert isinstance(encoded, EncoderOutput) and torch.equal(encoded.latents, z) and torch.equal(encoded[0], z)
+        decoded, (y,) = ae.decode(z), ae.decode(z, return_dict=False)
+        assert isinstance(decoded, DecoderOutput) and torch.equal(decoded.sample, y)
+        assert torch.equal(ae(x), y)  # forward: the reconstruction as a tensor, for the training loss
 
 
 def test_default_is_4x8x8():
     ae = CABAutoencoder()
-    assert ae.encode(torch.zeros(1, 1, 32, 32)).shape == (1, 4, 8, 8)
+    assert ae.encode(torch.zeros(1, 1, 32, 32)).latents.shape == (1, 4, 8, 8)
 
 
 def test_save_pretrained_round_trip_is_identical(tmp_path):

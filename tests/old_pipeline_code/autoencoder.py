@@ -1,0 +1,107 @@
+"""CABAutoencoder: a convolutional autoencoder with Channel Attention Blocks.
+
+It compresses 32x32 digits (28x28 padded) in [-1, 1] into small latents (4x8x8 by default)
+for the diffusion model. Like diffusers' AutoencoderKL, its config carries a
+`scaling_factor`: after training it is set to 1/std of the training latents, so the
+diffusion stage sees unit-variance inputs; `encode` returns unscaled latents and the
+caller multiplies (and divides before `decode`).
+
+This file is self-contained (torch + diffusers only) because it is shipped inside every
+saved pipeline folder, where it must import without this repo.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+
+
+class ChannelAttention(nn.Module):
+    """Squeeze-and-excitation: global average pool, 1x1 down, ReLU, 1x1 up, sigmoid, multiply."""
+
+    def __init__(self, channels, reduction):
+        super().__init__()
+        self.down = nn.Conv2d(channels, max(channels // reduction, 1), 1)
+        self.up = nn.Conv2d(max(channels // reduction, 1), channels, 1)
+
+    def forward(self, x):
+        w = x.mean(dim=(2, 3), keepdim=True)
+        w = torch.sigmoid(self.up(F.relu(self.down(w))))
+        return x * w
+
+
+class ResidualCAB(nn.Module):
+    """Two 3x3 convolutions with GroupNorm/SiLU, channel attention, and a residual path."""
+
+    def __init__(self, in_ch, out_ch, reduction, groups):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.cab = ChannelAttention(out_ch, reduction)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x):
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + self.cab(h)
+
+
+def _stage(in_ch, out_ch, n, reduction, groups):
+    return nn.Sequential(*[ResidualCAB(in_ch if i == 0 else out_ch, out_ch, reduction, groups) for i in range(n)])
+
+
+class CABAutoencoder(ModelMixin, ConfigMixin):
+    """Encoder: conv, [CAB blocks, stride-2 conv] per level, conv to latent channels.
+    Decoder: the mirror image with nearest-neighbour upsampling."""
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 1,
+        sample_size: int = 32,
+        block_out_channels: tuple = (64, 128, 128),
+        layers_per_block: int = 2,
+        latent_channels: int = 4,
+        reduction: int = 8,
+        norm_num_groups: int = 16,
+        scaling_factor: float = 1.0,
+    ):
+        super().__init__()
+        ch, g, r = list(block_out_channels), norm_num_groups, reduction
+
+        # Encoder: full resolution first, one stride-2 conv between consecutive levels.
+        enc = [nn.Conv2d(in_channels, ch[0], 3, padding=1)]
+        for i, c in enumerate(ch):
+            enc.append(_stage(ch[max(i - 1, 0)], c, layers_per_block, r, g))
+            if i < len(ch) - 1:
+                enc.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+        enc += [nn.GroupNorm(g, ch[-1]), nn.SiLU(), nn.Conv2d(ch[-1], latent_channels, 3, padding=1)]
+        self.encoder = nn.Sequential(*enc)
+
+        # Decoder: the same levels in reverse, upsampling between them.
+        rev = ch[::-1]
+        dec = [nn.Conv2d(latent_channels, rev[0], 3, padding=1)]
+        for i, c in enumerate(rev):
+            dec.append(_stage(rev[max(i - 1, 0)], c, layers_per_block, r, g))
+            if i < len(rev) - 1:
+                dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)]
+        dec += [nn.GroupNorm(g, rev[-1]), nn.SiLU(), nn.Conv2d(rev[-1], in_channels, 3, padding=1)]
+        self.decoder = nn.Sequential(*dec)
+
+    @property
+    def latent_size(self) -> int:
+        return self.config.sample_size // 2 ** (len(self.config.block_out_channels) - 1)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, 32, 32) in [-1, 1] -> unscaled latents (N, latent_channels, 8, 8)."""
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Unscaled latents -> images in about [-1, 1] (clamp for display)."""
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))

@@ -1,0 +1,305 @@
+"""LatentDDPMPipeline: sample MNIST digits by denoising 4x8x8 latents, then decoding them.
+
+Components: `unet` (diffusers UNet2DModel on scaled latents), `autoencoder` (CABAutoencoder:
+`encode`/`decode`, `config.scaling_factor`, `config.sample_size`) and any diffusers `scheduler`.
+Besides plain sampling it does SDEdit-style img2img (`image` + `strength`) and, for a UNet built
+with `num_class_embeds = num_classes + 1`, class-conditional sampling with classifier-free guidance.
+
+This file is self-contained (torch, numpy, PIL, diffusers only) because it is shipped at the root
+of every saved pipeline folder, where `DiffusionPipeline.from_pretrained(path, trust_remote_code=True)`
+imports it without this repo.
+"""
+
+import importlib
+import inspect
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput, ModelMixin, UNet2DModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.schedulers import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+DIGIT_SIZE = 28  # MNIST digits; the autoencoder sees them padded to its `sample_size` (32)
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+@dataclass
+class LatentDDPMPipelineOutput(ImagePipelineOutput):
+    """`images` as in ImagePipelineOutput. `intermediates` (only with `return_intermediates=True`): the decoded
+    images before the first and after every denoising step, x_T first, each a float numpy (N, 28, 28) in [0, 1]."""
+
+    intermediates: list[np.ndarray] | None = None
+
+
+def _digits_to_unit_tensor(image) -> torch.Tensor:
+    """Accepted `image` inputs -> float (N, 1, 28, 28) in [0, 1]. Raises ValueError for anything else."""
+    if isinstance(image, PIL.Image.Image):
+        image = [image]
+    if isinstance(image, (list, tuple)):
+        if not image or not all(isinstance(im, PIL.Image.Image) for im in image):
+            raise ValueError("`image` given as a list must be a non-empty list of PIL images.")
+        image = np.stack([np.asarray(im.convert("L")) for im in image])
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(np.ascontiguousarray(image))
+    if not isinstance(image, torch.Tensor):
+        raise ValueError(f"`image` must be a numpy array, a torch tensor or a list of PIL images, not {type(image)}.")
+
+    shape = tuple(image.shape)
+    if image.ndim == 3:  # (N, 28, 28)
+        image = image.unsqueeze(1)
+    elif image.ndim == 4 and image.shape[1] != 1 and image.shape[-1] == 1:  # (N, 28, 28, 1)
+        image = image.permute(0, 3, 1, 2)
+    if image.ndim != 4 or image.shape[0] == 0 or tuple(image.shape[1:]) != (1, DIGIT_SIZE, DIGIT_SIZE):
+        raise ValueError(f"`image` must have shape (N, 28, 28), (N, 1, 28, 28) or (N, 28, 28, 1) with N >= 1; got {shape}.")
+
+    if image.dtype == torch.uint8:
+        return image.float() / 255.0
+    if not image.is_floating_point():
+        raise ValueError(f"`image` must be uint8 (0-255) or float in [0, 1]; got dtype {image.dtype}.")
+    image = image.float()
+    if not torch.isfinite(image).all() or image.min() < 0 or image.max() > 1:
+        raise ValueError(
+            f"float `image` values must lie in [0, 1]; got [{image.min().item():.3g}, {image.max().item():.3g}]"
+            " (pass uint8 for 0-255 data)."
+        )
+    return image
+
+
+def repeats_timesteps(scheduler) -> bool:
+    """Whether a one-step-per-timestep scheduler's current timesteps repeat one: Karras sigmas on a cosine
+    schedule do (its huge sigma_max crowds the steps at t=999), and the scheduler then fails mid-loop.
+    Schedulers of order 2 (Heun-like) repeat timesteps by design."""
+    t = scheduler.timesteps.tolist()
+    return getattr(scheduler, "order", 1) == 1 and len(set(t)) < len(t)
+
+
+def _load_component(model_cls, folder, subfolder, torch_dtype=None):
+    """Load one model, turning a missing or damaged weights file into an error that names it."""
+    try:
+        return model_cls.from_pretrained(folder, subfolder=subfolder, torch_dtype=torch_dtype)
+    except Exception as e:  # safetensors/diffusers errors do not always say which file
+        path = os.path.join(folder, subfolder)
+        raise ValueError(f"cannot load {path} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                         "the folder is incomplete or damaged, re-save or re-download it") from e
+
+
+def _label_count(class_labels):
+    """How many labels a list / array / tensor of them holds; None for no labels or a single int."""
+    if class_labels is None:
+        return None
+    ndim = class_labels.ndim if torch.is_tensor(class_labels) else np.ndim(class_labels)
+    return len(class_labels) if ndim == 1 else None
+
+
+class LatentDDPMPipeline(DiffusionPipeline):
+    r"""Latent diffusion for 28x28 grayscale digits: UNet2DModel denoiser + CABAutoencoder + a diffusers scheduler."""
+
+    model_cpu_offload_seq = "unet->autoencoder"
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(self, unet: UNet2DModel, autoencoder: ModelMixin, scheduler: SchedulerMixin):
+        super().__init__()
+        self.register_modules(unet=unet, autoencoder=autoencoder, scheduler=scheduler)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Inside the project, `LatentDDPMPipeline.from_pretrained(folder_or_repo)` builds this class from the
+        saved weights and runs none of the Python files shipped in the folder. (diffusers itself would import
+        the shipped copies, which needs `trust_remote_code=True`; passing that takes diffusers' own path.)"""
+        if kwargs.pop("trust_remote_code", False):
+            return super().from_pretrained(pretrained_model_name_or_path, trust_remote_code=True, **kwargs)
+        if not __package__:
+            raise ValueError("outside the project, load with DiffusionPipeline.from_pretrained(path, trust_remote_code=True)")
+        autoencoder_cls = importlib.import_module(".autoencoder", __package__).CABAutoencoder
+        folder = str(pretrained_model_name_or_path)
+        if not os.path.isdir(folder):  # a Hub repo id: fetch configs and weights only, never code
+            from huggingface_hub import snapshot_download
+
+            folder = snapshot_download(folder, allow_patterns=["*.json", "*.safetensors"], token=kwargs.get("token"))
+        for name in ("model_index.json", "unet/config.json", "autoencoder/config.json", "scheduler/scheduler_config.json"):
+            if not os.path.isfile(os.path.join(folder, name)):
+                raise ValueError(f"{os.path.join(folder, name)} is missing: this is not a complete pipeline folder")
+        with open(os.path.join(folder, "scheduler", "scheduler_config.json")) as f:
+            scheduler_cls = getattr(importlib.import_module("diffusers"), json.load(f)["_class_name"])
+        torch_dtype = kwargs.get("torch_dtype")
+        pipe = cls(
+            unet=_load_component(UNet2DModel, folder, "unet", torch_dtype),
+            autoencoder=_load_component(autoencoder_cls, folder, "autoencoder", torch_dtype),
+            scheduler=scheduler_cls.from_pretrained(folder, subfolder="scheduler"),
+        )
+        pipe.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
+        return pipe
+
+    def _prepare_class_labels(self, class_labels, batch_size, device):
+        """Labels for the UNet, or None for an unconditional UNet. No labels -> the null (unconditional) label."""
+        num_class_embeds = self.unet.config.num_class_embeds
+        if num_class_embeds is None:
+            if class_labels is not None:
+                raise ValueError("`class_labels` were given, but this UNet is unconditional (num_class_embeds is None).")
+            return None
+        null_label = num_class_embeds - 1  # trained as the "no class" label for classifier-free guidance
+        if class_labels is None:
+            return torch.full((batch_size,), null_label, device=device, dtype=torch.long)
+        labels = np.asarray(class_labels.cpu() if torch.is_tensor(class_labels) else class_labels)
+        if labels.ndim == 0:
+            labels = np.full(batch_size, labels)
+        if labels.ndim != 1 or len(labels) != batch_size or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"`class_labels` must be an int or {batch_size} ints (one per image); got {class_labels!r}.")
+        if labels.min() < 0 or labels.max() >= null_label:
+            raise ValueError(f"`class_labels` must lie in [0, {null_label - 1}]; got {labels.tolist()}.")
+        return torch.as_tensor(labels, device=device, dtype=torch.long)
+
+    def get_timesteps(self, num_inference_steps, strength):
+        """Like diffusers' img2img pipelines: keep the last `strength` fraction of the schedule."""
+        init_timestep = min(int(num_inference_steps * strength), num_inference_steps)
+        t_start = max(num_inference_steps - init_timestep, 0)
+        timesteps = self.scheduler.timesteps[t_start * self.scheduler.order :]
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(t_start * self.scheduler.order)
+        return timesteps
+
+    def prepare_extra_step_kwargs(self, generator, eta):
+        """Not all schedulers take `eta` (DDIM only) or `generator` (UniPC does not); pass only what `step` accepts."""
+        params = set(inspect.signature(self.scheduler.step).parameters)
+        extra = {}
+        if "eta" in params:
+            extra["eta"] = eta
+        if "generator" in params:
+            extra["generator"] = generator
+        return extra
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> float (N, 1, 28, 28) in [0, 1]: unscale, decode, clamp, rescale, crop the padding."""
+        z = latents / self.autoencoder.config.scaling_factor
+        image = self.autoencoder.decode(z.to(self.autoencoder.dtype))
+        image = (image.clamp(-1, 1) + 1) / 2
+        pad = (self.autoencoder.config.sample_size - DIGIT_SIZE) // 2
+        return image[:, :, pad : pad + DIGIT_SIZE, pad : pad + DIGIT_SIZE]
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int = 50,
+        eta: float = 0.0,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        image=None,
+        strength: float = 1.0,
+        class_labels=None,
+        guidance_scale: float = 1.0,
+        return_intermediates: bool = False,
+    ) -> LatentDDPMPipelineOutput | tuple:
+        r"""Generate digits.
+
+        `batch_size` images from pure noise, or, with `image` ((N, 28, 28) / (N, 1, 28, 28) / (N, 28, 28, 1) float in
+        [0, 1] or uint8, numpy or torch, or a list of PIL images), N images by SDEdit: encode, noise to the level set
+        by `strength` and denoise the rest (`strength=0` returns the autoencoder reconstruction). `class_labels` (int or
+        one per image; a list of N labels alone makes N images) and `guidance_scale` apply to class-conditional UNets
+        (`guidance_scale=1`: no guidance).
+        `output_type`: "pil" (list of grayscale images), "np" (float32 (N, 28, 28, 1) in [0, 1]) or "pt" ((N, 1, 28, 28)).
+        `callback_on_step_end(pipe, i, t, callback_kwargs)` follows the diffusers convention and may return new "latents".
+        Returns a `LatentDDPMPipelineOutput`, or a tuple `(images,)` / `(images, intermediates)` if `return_dict=False`.
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+
+        # 0. Check inputs
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive int; got {batch_size!r}.")
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be a positive int; got {num_inference_steps!r}.")
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"`strength` must be in [0, 1]; got {strength}.")
+        if strength < 1.0 and image is None:
+            raise ValueError("`strength` < 1 only makes sense with an `image` to start from (img2img).")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}; got {output_type!r}.")
+        unknown = [k for k in callback_on_step_end_tensor_inputs or [] if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"`callback_on_step_end_tensor_inputs` must be in {self._callback_tensor_inputs}; got {unknown}.")
+        if image is not None:
+            image = _digits_to_unit_tensor(image)
+            if batch_size not in (1, len(image)):
+                raise ValueError(f"`batch_size` ({batch_size}) must be 1 or match the number of images ({len(image)}).")
+            batch_size = len(image)
+        n_labels = _label_count(class_labels)
+        if image is None and n_labels is not None and batch_size == 1:  # like DiTPipeline: one image per label
+            batch_size = n_labels  # (with `image`, the images set the batch and the labels must match it)
+
+        device, dtype = self._execution_device, self.unet.dtype
+        labels = self._prepare_class_labels(class_labels, batch_size, device)
+        # Guidance needs a real label to move towards; without one the null label is a single unconditional pass.
+        do_cfg = labels is not None and class_labels is not None and guidance_scale != 1.0
+        if do_cfg:
+            labels = torch.cat([torch.full_like(labels, self.unet.config.num_class_embeds - 1), labels])
+
+        # 1. Prepare the starting latents: pure noise, or (img2img) the encoded digits
+        size = self.autoencoder.latent_size
+        shape = (batch_size, self.unet.config.in_channels, size, size)
+        if image is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+            latents = latents * self.scheduler.init_noise_sigma
+        else:
+            pad = (self.autoencoder.config.sample_size - DIGIT_SIZE) // 2
+            x = torch.nn.functional.pad(image * 2 - 1, (pad,) * 4, value=-1.0)  # background is -1
+            x = x.to(device=device, dtype=self.autoencoder.dtype)
+            latents = (self.autoencoder.encode(x) * self.autoencoder.config.scaling_factor).to(dtype)
+
+        # 2. Set the timesteps (img2img keeps only the last `strength` fraction and noises the latents to its start)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        if repeats_timesteps(self.scheduler):
+            raise ValueError(f"{type(self.scheduler).__name__} repeats timesteps at {num_inference_steps} steps "
+                             f"({timesteps.tolist()}): its sigma options do not suit this noise schedule; "
+                             "drop them (e.g. use_karras_sigmas) or use another scheduler.")
+        if image is not None:
+            timesteps = self.get_timesteps(num_inference_steps, strength)
+            if len(timesteps) > 0:  # strength 0 (or too small for one step): plain reconstruction
+                noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+                latents = self.scheduler.add_noise(latents, noise, timesteps[:1].repeat(batch_size))
+
+        # 3. Denoising loop
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        intermediates = [self.decode_latents(latents)[:, 0].float().cpu().numpy()] if return_intermediates else None
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                model_input = torch.cat([latents] * 2) if do_cfg else latents
+                model_input = self.scheduler.scale_model_input(model_input, t)
+                model_output = self.unet(model_input, t, class_labels=labels).sample
+                if do_cfg:
+                    uncond, cond = model_output.chunk(2)
+                    model_output = uncond + guidance_scale * (cond - uncond)
+                latents = self.scheduler.step(model_output, t, latents, **extra_step_kwargs).prev_sample
+
+                if callback_on_step_end is not None:
+                    callback_kwargs = {}
+                    for k in callback_on_step_end_tensor_inputs:  # a loop: a comprehension has its own locals()
+                        callback_kwargs[k] = locals()[k]
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
+                    latents = callback_outputs.pop("latents", latents)
+                if return_intermediates:
+                    intermediates.append(self.decode_latents(latents)[:, 0].float().cpu().numpy())
+                progress_bar.update()
+
+        # 4. Decode: unscale, decode, clamp to [0, 1], crop the 32x32 back to 28x28
+        images = self.decode_latents(latents)
+
+        # 5. Convert to the requested output type
+        if output_type != "pt":
+            images = images.permute(0, 2, 3, 1).float().cpu().numpy()
+            if output_type == "pil":
+                images = self.numpy_to_pil(images)
+        self.maybe_free_model_hooks()
+
+        if not return_dict:
+            return (images, intermediates) if return_intermediates else (images,)
+        return LatentDDPMPipelineOutput(images=images, intermediates=intermediates)
