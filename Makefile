@@ -1,12 +1,13 @@
 # Two commands on a fresh machine: `make demo` (the CPU quick run, end to end, evaluation
 # included: train_latent_ddpm.py scores eval_num_samples digits at the end) and `make test`.
 # Both create .venv and install requirements.txt when needed, and nothing more when it is there.
+# `make test-fast` is the inner loop: the suite without the tests marked slow (pytest.ini).
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := runs/demo
 
-.PHONY: test demo clean-demo
+.PHONY: test test-fast demo clean-demo
 
 $(STAMP): requirements.txt
 	python3 -m venv $(VENV)
@@ -15,6 +16,9 @@ $(STAMP): requirements.txt
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
 
 demo: $(STAMP)
 	$(PY) train_autoencoder.py --config configs/autoencoder_quick.yaml --output_dir $(DEMO)/autoencoder

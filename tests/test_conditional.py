@@ -173,6 +173,7 @@ def test_scales_and_sample_counts_are_checked():
 
 # ----------------------------------------------------------------------------- the CLI, end to end
 
+@pytest.mark.slow
 def test_guidance_sweep_writes_json_png_and_a_table(saved, tmp_path, mnist_dir, stub_judge):
     proc = run_evaluate("--pipeline", saved["conditional"], "--guidance_scales", "1,3", "--num_samples", 40,
                         "--num_inference_steps", 2, "--device", "cpu", "--output_dir", tmp_path,
@@ -201,6 +202,7 @@ def test_plain_evaluation_of_a_conditional_pipeline_still_works(tmp_path, mnist_
     assert sum(metrics["class_histogram"]) == 20 and (tmp_path / "metrics.json").is_file()
 
 
+@pytest.mark.slow
 def test_guidance_scales_on_an_unconditional_pipeline_is_one_line(saved, tmp_path):
     proc = run_evaluate("--pipeline", saved["unconditional"], "--guidance_scales", "1,3", "--num_samples", 40,
                         "--device", "cpu", "--output_dir", tmp_path)

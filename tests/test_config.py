@@ -144,6 +144,7 @@ def test_dry_run_prints_the_resolved_config_and_exits(capsys, tmp_path):
         parse_config(LatentDDPMTrainConfig, ["--dry_run", "maybe"])
 
 
+@pytest.mark.slow
 def test_dry_run_of_a_script_writes_nothing(tmp_path):
     from conftest import run_script
 

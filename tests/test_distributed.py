@@ -11,6 +11,8 @@ from conftest import REPO, TINY_AE
 
 from test_train_latent_ddpm import TINY_UNET
 
+pytestmark = pytest.mark.slow  # two processes per test
+
 BIN = Path(sys.executable).parent
 
 

@@ -51,6 +51,7 @@ def run_evaluate(*args):
                           env=dict(os.environ), capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_evaluate_writes_samples_and_metrics_reproducibly(tiny_pipeline, tmp_path, mnist_dir):
     outputs = []
     for name in ("a", "b"):
@@ -87,6 +88,7 @@ def test_evaluate_writes_samples_and_metrics_reproducibly(tiny_pipeline, tmp_pat
     assert (a / "samples.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_evaluate_other_seed_and_scheduler(tiny_pipeline, tmp_path, mnist_dir):
     proc = run_evaluate("--pipeline", tiny_pipeline, "--num_samples", 16, "--num_inference_steps", 2,
                         "--scheduler", "unipc:solver_order=3", "--seed", 4, "--device", "cpu", "--output_dir", tmp_path,
@@ -97,6 +99,7 @@ def test_evaluate_other_seed_and_scheduler(tiny_pipeline, tmp_path, mnist_dir):
         assert z["images"].shape == (16, 28, 28)
 
 
+@pytest.mark.slow
 def test_evaluate_user_errors_are_one_line(tmp_path):
     proc = run_evaluate("--pipeline", tmp_path)
     assert proc.returncode == 2
@@ -109,6 +112,7 @@ def test_evaluate_user_errors_are_one_line(tmp_path):
     assert proc.returncode == 2 and "DPMSolverMultistepScheduler takes no option solver_ordr; did you mean solver_order?" in proc.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_a_scheduler_that_repeats_timesteps_in_one_line(tiny_pipeline, tmp_path):
     """Karras sigmas on a cosine-schedule model: one line naming the fix, before the judge or any sampling."""
     from diffusers import DDPMScheduler
@@ -132,6 +136,7 @@ def test_evaluate_refuses_a_scheduler_that_repeats_timesteps_in_one_line(tiny_pi
         "check its option values"]
 
 
+@pytest.mark.slow
 def test_a_missing_data_dir_fails_before_any_sampling(tiny_pipeline, tmp_path, mnist_dir):
     from pipeline.classifier import get_classifier
     from pipeline.metrics import get_reference

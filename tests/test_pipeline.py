@@ -426,6 +426,7 @@ def test_saved_folder_layout(saved):
         assert "from pipeline" not in (saved / code).read_text() and "import pipeline" not in (saved / code).read_text()
 
 
+@pytest.mark.slow
 def test_reload_with_plain_diffusers_outside_the_repo(saved, pipe, tmp_path):
     expected = pipe(batch_size=2, generator=gen(5), num_inference_steps=STEPS, output_type="np").images
     out_file = tmp_path / "images.npy"
@@ -444,6 +445,7 @@ def test_reload_with_plain_diffusers_outside_the_repo(saved, pipe, tmp_path):
     np.testing.assert_allclose(np.load(out_file), expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_reload_inside_the_project(saved, pipe, tmp_path):
     expected = pipe(batch_size=2, generator=gen(6), num_inference_steps=STEPS, output_type="np").images
     stdout = run_python(f"""
@@ -465,6 +467,7 @@ def test_reload_inside_the_project(saved, pipe, tmp_path):
         np.testing.assert_allclose(np.load(tmp_path / f"{name}.npy"), expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_folder_saved_before_the_output_dataclasses_loads_and_gives_the_same_digits(saved, pipe, tmp_path):
     """Folders saved before encode/decode returned output dataclasses ship code whose autoencoder returns bare
     tensors (tests/old_pipeline_code: the two shipped files as they were). They must load both ways, the shipped

@@ -7,6 +7,8 @@ import yaml
 
 from conftest import run_script
 
+pytestmark = pytest.mark.slow  # every test runs the script, killed or not
+
 
 def test_autoencoder_run_leaves_a_complete_folder(tiny_autoencoder_run):
     out = tiny_autoencoder_run

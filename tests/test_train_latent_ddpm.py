@@ -48,6 +48,7 @@ def ddpm_run(mnist_dir, tiny_autoencoder_run, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_hub_token_is_never_written_or_printed(ddpm_run):
     assert FAKE_TOKEN not in RUN_OUTPUT["log"]
     files = [p for p in ddpm_run.rglob("*") if p.is_file()]
@@ -56,6 +57,7 @@ def test_hub_token_is_never_written_or_printed(ddpm_run):
         assert FAKE_TOKEN.encode() not in p.read_bytes(), f"token found in {p}"
 
 
+@pytest.mark.slow
 def test_run_leaves_a_pipeline_folder_and_pictures(ddpm_run):
     for name in ["model_index.json", "unet/config.json", "autoencoder/config.json", "scheduler/scheduler_config.json",
                  "README.md", "samples.png", "denoising.png", "grid_diffusion.gif", "loss.png", "training_config.yaml"]:
@@ -71,6 +73,7 @@ def test_run_leaves_a_pipeline_folder_and_pictures(ddpm_run):
     assert t["phases"]["training"] < t["model_saved_after_seconds"] < t["total_seconds"]
 
 
+@pytest.mark.slow
 def test_saved_pipeline_samples_digits(ddpm_run):
     import torch
 
@@ -82,6 +85,7 @@ def test_saved_pipeline_samples_digits(ddpm_run):
     assert images.shape == (3, 28, 28, 1) and images.min() >= 0 and images.max() <= 1
 
 
+@pytest.mark.slow
 def test_latent_cache_is_keyed_to_the_autoencoder_weights(mnist_dir, tiny_autoencoder_run):
     import torch
     from accelerate import Accelerator
@@ -104,6 +108,7 @@ def test_latent_cache_is_keyed_to_the_autoencoder_weights(mnist_dir, tiny_autoen
     assert not torch.allclose(first, second)
 
 
+@pytest.mark.slow
 def test_compiled_training_follows_the_eager_run(mnist_dir, tiny_autoencoder_run, ddpm_run, tmp_path):
     """--compile changes the speed, not the run. CUDA graphs are asked for; a CPU has none and
     compiles without them, the same code path as on a GPU up to the graph capture."""
@@ -116,6 +121,7 @@ def test_compiled_training_follows_the_eager_run(mnist_dir, tiny_autoencoder_run
     assert [loss for _, loss in compiled] == pytest.approx([loss for _, loss in eager], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_ends_with_identical_weights(mnist_dir, tiny_autoencoder_run, ddpm_run, tmp_path):
     out = tmp_path / "killed"
     args = ddpm_args(mnist_dir, tiny_autoencoder_run, out, extra=["--checkpointing_steps", "5"])
@@ -128,6 +134,7 @@ def test_kill_9_then_resume_ends_with_identical_weights(mnist_dir, tiny_autoenco
     assert_same_weights(unet_weights(out), unet_weights(ddpm_run))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(mnist_dir, tiny_autoencoder_run, ddpm_run, tmp_path):
     out = tmp_path / "term"
     args = ddpm_args(mnist_dir, tiny_autoencoder_run, out, extra=["--checkpointing_steps", "100"])
@@ -148,6 +155,7 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(mnist_dir, tiny_autoe
     assert_same_weights(unet_weights(out), unet_weights(ddpm_run))
 
 
+@pytest.mark.slow
 def test_damaged_latest_checkpoint_is_skipped(mnist_dir, tiny_autoencoder_run, ddpm_run, tmp_path):
     import shutil
 
@@ -181,6 +189,7 @@ def test_checkpoints_total_limit_keeps_the_newest_good_one(tmp_path):
     assert (tmp_path / "checkpoint-10").is_dir() and not (tmp_path / "checkpoint-5").exists()
 
 
+@pytest.mark.slow
 def test_autoencoder_path_that_is_not_an_autoencoder(mnist_dir, ddpm_run, tmp_path):
     res = run_script("train_latent_ddpm.py", ["--autoencoder", str(ddpm_run / "unet"), "--output_dir",
                                               str(tmp_path / "x"), "--data_dir", str(mnist_dir)], check=False)
@@ -194,6 +203,7 @@ def test_autoencoder_path_that_is_not_an_autoencoder(mnist_dir, ddpm_run, tmp_pa
         assert len(error) == 1 and says in error[0] and "python train_autoencoder.py --output_dir" in error[0]
 
 
+@pytest.mark.slow
 def test_unet_that_does_not_fit_the_latents(mnist_dir, tiny_autoencoder_run, tmp_path):
     args = ddpm_args(mnist_dir, tiny_autoencoder_run, tmp_path / "x")
     args += ["--unet.block_out_channels", "[32, 32, 32, 32, 32]",
@@ -203,6 +213,7 @@ def test_unet_that_does_not_fit_the_latents(mnist_dir, tiny_autoencoder_run, tmp
     assert res.returncode == 2 and "8x8 latents cannot be halved 4 times" in res.stderr
 
 
+@pytest.mark.slow
 def test_a_misspelt_unet_block_type_is_one_line_before_any_data(tmp_path, tiny_autoencoder_run):
     """--data_dir points nowhere: the UNet is built (and refused) before the data is read."""
     args = ddpm_args(tmp_path / "no_data", tiny_autoencoder_run, tmp_path / "x")
@@ -214,6 +225,7 @@ def test_a_misspelt_unet_block_type_is_one_line_before_any_data(tmp_path, tiny_a
         "check --unet.down_block_types")
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(mnist_dir, tiny_autoencoder_run, tmp_path):
     out = tmp_path / "nan"
     args = ddpm_args(mnist_dir, tiny_autoencoder_run, out, steps=10, extra=["--checkpointing_steps", "5"])
@@ -230,12 +242,14 @@ def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(mnist_dir, tiny_aut
     assert checkpoint_is_complete(out / "checkpoint-10")
 
 
+@pytest.mark.slow
 def test_epsilon_with_cosine_schedule_is_warned_about(mnist_dir, tiny_autoencoder_run, tmp_path):
     res = run_script("train_latent_ddpm.py", ddpm_args(mnist_dir, tiny_autoencoder_run, tmp_path / "eps", steps=1) +
                      ["--prediction_type", "epsilon", "--save_images_steps", "100"])
     assert "use --prediction_type v_prediction" in res.stdout + res.stderr
 
 
+@pytest.mark.slow
 def test_push_to_hub_without_network_fails_cleanly_and_keeps_the_pipeline(mnist_dir, tiny_autoencoder_run, tmp_path):
     out = tmp_path / "push"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
