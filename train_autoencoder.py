@@ -17,7 +17,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 
 from pipeline import training, visualisation
 from pipeline.autoencoder import CABAutoencoder
@@ -26,6 +25,7 @@ from pipeline.data import load_digits, to_digits, to_model_input
 from pipeline.errors import run_cli
 from pipeline.latent_cache import encode_decode, encode_images
 from pipeline.metrics import psnr_ssim
+from pipeline.progress import progress
 
 logger = logging.getLogger("train_autoencoder")
 
@@ -65,7 +65,7 @@ def main(argv):
     stop = training.StopRequest()
     meter = training.LossMeter(accelerator, cfg, step)
     clock.lap("set-up")
-    bar = tqdm(total=cfg.max_train_steps, initial=step, disable=not accelerator.is_main_process, desc="autoencoder")
+    bar = progress(cfg.max_train_steps, step, desc="autoencoder", disable=not accelerator.is_main_process)
     while step < cfg.max_train_steps:
         model.train()
         for micro in range(cfg.gradient_accumulation_steps):
@@ -74,7 +74,6 @@ def main(argv):
                 loss = F.mse_loss(train_model(x).float(), x)
                 training.optimizer_step(accelerator, model, optimizer, lr_scheduler, loss, cfg.max_grad_norm)
         step += 1
-        bar.update(1)
         meter.add(loss, step)
 
         if step % cfg.logging_steps == 0 or step == cfg.max_train_steps:
@@ -85,6 +84,7 @@ def main(argv):
             accelerator.log(logs, step=step)
             loss_log.add(step, mean_loss)
             bar.set_postfix(loss=f"{mean_loss:.4g}")
+        bar.update(1)  # counted after the loss is set, so a plain progress line shows this step's loss
         training.checkpoint_if_due(accelerator, cfg, step, stop, meter)
     bar.close()
     meter.check()

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from accelerate.utils import set_seed
 from diffusers import UNet2DModel
 from diffusers.training_utils import EMAModel, compute_snr
-from tqdm.auto import tqdm
 
 from pipeline import training, visualisation
 from pipeline.config import LatentDDPMTrainConfig, parse_config, save_config
@@ -26,6 +25,7 @@ from pipeline.data import load_digits
 from pipeline.errors import UserError, first_line, run_cli
 from pipeline.latent_cache import cached_latents, load_autoencoder
 from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
+from pipeline.progress import progress
 from pipeline.schedulers import make_train_scheduler, with_scheduler
 
 logger = logging.getLogger("train_latent_ddpm")
@@ -123,7 +123,7 @@ def main(argv):
     stop = training.StopRequest()
     meter = training.LossMeter(accelerator, cfg, step)
     clock.lap("set-up")
-    bar = tqdm(total=cfg.max_train_steps, initial=step, disable=not accelerator.is_main_process, desc="latent ddpm")
+    bar = progress(cfg.max_train_steps, step, desc="latent ddpm", disable=not accelerator.is_main_process)
     while step < cfg.max_train_steps:
         unet.train()
         for micro in range(cfg.gradient_accumulation_steps):
@@ -137,7 +137,6 @@ def main(argv):
         if ema is not None:
             ema.step(unet.parameters())
         step += 1
-        bar.update(1)
         meter.add(loss, step)
 
         if step % cfg.logging_steps == 0 or step == cfg.max_train_steps:
@@ -148,6 +147,7 @@ def main(argv):
             accelerator.log(logs, step=step)
             loss_log.add(step, mean_loss)
             bar.set_postfix(loss=f"{mean_loss:.4g}")
+        bar.update(1)  # counted after the loss is set, so a plain progress line shows this step's loss
         if step % cfg.save_images_steps == 0 and accelerator.is_main_process:
             log_samples(accelerator, cfg, unet, ema, autoencoder, noise_scheduler, step)
         training.checkpoint_if_due(accelerator, cfg, step, stop, meter)

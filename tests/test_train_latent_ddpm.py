@@ -58,6 +58,13 @@ def test_hub_token_is_never_written_or_printed(ddpm_run):
 
 
 @pytest.mark.slow
+def test_output_to_a_pipe_gets_plain_progress_lines_not_a_bar(ddpm_run):
+    """run_script captures the output, as `make demo > log`, CI or nohup do: no carriage-return updates."""
+    assert "\r" not in RUN_OUTPUT["log"]
+    assert "latent ddpm: step 20/20 (100%), loss " in RUN_OUTPUT["log"] and "done in" in RUN_OUTPUT["log"]
+
+
+@pytest.mark.slow
 def test_run_leaves_a_pipeline_folder_and_pictures(ddpm_run):
     for name in ["model_index.json", "unet/config.json", "autoencoder/config.json", "scheduler/scheduler_config.json",
                  "README.md", "samples.png", "denoising.png", "grid_diffusion.gif", "loss.png", "training_config.yaml"]:
