@@ -8,6 +8,7 @@ pipeline gives in this process for the same settings, and look for non-blank ima
 """
 
 import io
+import json
 import os
 import shutil
 import socket
@@ -190,6 +191,7 @@ def chromium(profile):
     options.binary_location = binary
     for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]:
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request the page makes
     return webdriver.Chrome(service=Service(chromedriver), options=options)
 
 
@@ -214,7 +216,16 @@ def page(browser, server):
 
     browser.get(server)
     WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.ID, "generate"))
+    time.sleep(1)  # fonts and late scripts
+    events = [json.loads(entry["message"])["message"] for entry in browser.get_log("performance")]
+    browser.loaded_urls = [e["params"]["request"]["url"] for e in events if e["method"] == "Network.requestWillBeSent"]
     return browser
+
+
+def test_the_page_needs_no_internet(page, server):
+    """Offline, as here: everything the page loads comes from the app's own server."""
+    web = [url for url in page.loaded_urls if url.startswith(("http:", "https:", "ws:", "wss:"))]
+    assert web and all(url.split("//")[1].startswith(server.split("//")[1]) for url in web), web
 
 
 def wait_for(driver, condition, timeout=60):
