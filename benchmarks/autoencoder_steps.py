@@ -1,6 +1,6 @@
 """How long must the autoencoder train? Its scores at every checkpoint of one run.
 
-    python benchmarks/autoencoder_steps.py --autoencoder runs/autoencoder --data_dir DIR
+    python -m benchmarks.autoencoder_steps --autoencoder runs/autoencoder --data_dir DIR
 
 A latent model decoded by an autoencoder cannot score better than real digits passed through that
 autoencoder (the `reconstructed` scores of pipeline.evaluate). For every complete checkpoint-N of a
@@ -17,15 +17,11 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python benchmarks/autoencoder_steps.py` puts benchmarks/ first, not the repo
-    sys.path.insert(0, str(REPO))
+import torch
+from safetensors.torch import load_file
 
-import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-
-from benchmarks.run_benchmark import add_commit_option, hardware, machine_name, provenance, save_result  # noqa: E402
-from pipeline.training import STATE_FILE, checkpoint_folders, checkpoint_is_complete  # noqa: E402
+from benchmarks.common import add_commit_option, hardware, machine_name, provenance, save_result
+from pipeline.training import STATE_FILE, checkpoint_folders, checkpoint_is_complete
 
 
 def parse_args(argv=None):

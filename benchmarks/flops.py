@@ -1,7 +1,7 @@
 """What one sampled digit costs in FLOPs, for the full configs or overrides of them.
 
-    python benchmarks/flops.py
-    python benchmarks/flops.py --ae_args='--autoencoder.block_out_channels [32,64,128]' \
+    python -m benchmarks.flops
+    python -m benchmarks.flops --ae_args='--autoencoder.block_out_channels [32,64,128]' \
         --ddpm_args='--unet.block_out_channels [64,128] --unet.attention_head_dim 32'
 
 Builds the autoencoder and the UNet exactly as the training scripts do from configs/autoencoder.yaml
@@ -12,18 +12,12 @@ sampled digit costs steps x UNet + decode. Runs on the CPU in seconds; FLOPs do 
 
 import argparse
 import shlex
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python benchmarks/flops.py` puts benchmarks/ first, not the repo
-    sys.path.insert(0, str(REPO))
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from benchmarks.project import AE_CONFIG, DDPM_CONFIG  # noqa: E402
-from benchmarks.sampling_cost import int_list  # noqa: E402
+from benchmarks.project import AE_CONFIG, DDPM_CONFIG
+from benchmarks.common import REPO, int_list
 
 
 def gflop(fn, *inputs) -> float:

@@ -1,10 +1,11 @@
 """Run one of the training scripts unchanged, then record its wall time and peak GPU memory.
 
-    python benchmarks/peak_memory.py REPORT.json train_autoencoder.py --config configs/autoencoder.yaml ...
+    python -m benchmarks.peak_memory REPORT.json train_autoencoder.py --config configs/autoencoder.yaml ...
 
 `torch.cuda.max_memory_allocated()` only sees allocations of its own process, so the
 benchmark cannot read a training subprocess's peak from outside. This wrapper runs the
-script as `__main__` inside the subprocess (exactly as `python SCRIPT ARGS` would) and
+script as `__main__` inside the subprocess (as `python SCRIPT ARGS` would; run from the repository
+root, which `-m` puts first on the path, so the script finds the `pipeline` package) and
 writes the number when it ends, also when it fails. The peak covers the whole script,
 including the figures it draws after training.
 """
@@ -15,12 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
 def main():
     report, script, *args = sys.argv[1:]
-    sys.path[0] = str(REPO)  # what `python SCRIPT` would put first: the script's folder, not benchmarks/
     sys.argv = [script, *args]
     start, status = time.perf_counter(), "failed"
     try:

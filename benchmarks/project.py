@@ -53,7 +53,7 @@ def run_stage(name, script, args, out, rate_tag):
     shutil.rmtree(out, ignore_errors=True)  # a fresh run: no old checkpoints, no old logs to read back
     out.parent.mkdir(parents=True, exist_ok=True)
     report = out.parent / f"{name}_process.json"
-    cmd = [sys.executable, str(REPO / "benchmarks" / "peak_memory.py"), str(report), script, *args]
+    cmd = [sys.executable, "-m", "benchmarks.peak_memory", str(report), script, *args]
     print(f"\n== {name}: python {script} {' '.join(args)}", flush=True)
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO)

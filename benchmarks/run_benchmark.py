@@ -1,8 +1,8 @@
 """One-command benchmark: this project's latent DDPM against the pixel-space DDPM
 baseline a diffusers user would pick, trained for the same time on the same GPU.
 
-    python benchmarks/run_benchmark.py --output benchmarks/results/            # GPU: the real thing
-    python benchmarks/run_benchmark.py --output /tmp/bench --quick             # CPU smoke test, ~2 min
+    python -m benchmarks.run_benchmark --output benchmarks/results/            # GPU: the real thing
+    python -m benchmarks.run_benchmark --output /tmp/bench --quick             # CPU smoke test, ~2 min
 
 1. this project: train_autoencoder.py + train_latent_ddpm.py with configs/*.yaml (subprocesses);
 2. the baseline (benchmarks/pixel_ddpm.py), trained in this process for the SAME number of
@@ -16,22 +16,14 @@ docs/results.md) and PNG sample grids. See benchmarks/README.md.
 
 import argparse
 import datetime
-import hashlib
-import json
-import os
-import platform
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python benchmarks/run_benchmark.py` puts benchmarks/ first, not the repo
-    sys.path.insert(0, str(REPO))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks import pixel_ddpm, project, report, sampling  # noqa: E402
+from benchmarks import pixel_ddpm, project, report, sampling
+from benchmarks.common import add_commit_option, fingerprint, hardware, machine_name, provenance
 
 FULL = dict(num_samples=10_000, ddpm_samples=2_000, max_batch=10_000, dpm_steps=(10, 20, 50), throughput_steps=20,
             sweep_batches=(1, 10, 100, 1_000, 10_000), baseline_train_images=None, baseline_unet={}, baseline_hparams={})
@@ -44,7 +36,7 @@ QUICK = dict(FULL, num_samples=64, ddpm_samples=16, max_batch=64, sweep_batches=
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog="Example (GPU): python benchmarks/run_benchmark.py --output benchmarks/results/ "
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog="Example (GPU): python -m benchmarks.run_benchmark --output benchmarks/results/ "
                                        "--data_dir ../shared/data/mnist")
     p.add_argument("--output", default="benchmarks/results",
                    help="folder for <name>.json/.md/.png (default %(default)s)")
@@ -70,82 +62,6 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     add_commit_option(p)
     return p.parse_args(argv)
-
-
-def add_commit_option(parser):
-    """--commit, for every benchmark script that records the commit it measured (see git_state)."""
-    parser.add_argument("--commit", help="git commit to record instead of asking git (a copied repo may have "
-                        "none, or a stale one)")
-
-
-def git_state(explicit=None):
-    """(commit, has uncommitted changes) of the repo; (explicit, None) when --commit names it.
-
-    An explicit commit wins: a copy of the repo sent to a GPU machine may carry a stale .git."""
-    if explicit:
-        return explicit, None
-    try:
-        def git(*a):
-            return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-
-        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.CalledProcessError):
-        return None, None
-
-
-def provenance(name, hw, commit=None):
-    """The fields every result json starts with: its name, the command, the commit, when and on what."""
-    commit, dirty = git_state(commit)
-    return {"name": name, "command": shlex.join(["python", *sys.argv]), "git_commit": commit, "git_dirty": dirty,
-            "created": datetime.datetime.now().astimezone().isoformat(), "hardware": hw}
-
-
-def save_result(result, md, output):
-    """Write <output>/<name>.json and .md, and print the md."""
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{result['name']}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / f"{result['name']}.md").write_text(md)
-    print("\n" + md + f"\nwrote {out / result['name']}.json and .md")
-
-
-def pipeline_folder(path) -> Path:
-    """--pipeline as a Path, or exit with a one-line error when it is not a saved pipeline."""
-    folder = Path(path)
-    if not (folder / "model_index.json").is_file():
-        sys.exit(f"--pipeline {folder} is not a pipeline folder (no model_index.json); pass a training run's output_dir")
-    return folder
-
-
-def fingerprint(model) -> str:
-    h = hashlib.sha1()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode() + t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def hardware(device):
-    import accelerate
-    import diffusers
-
-    cuda = device.type == "cuda"
-    info = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if cuda else None,
-            "gpu_memory_bytes": torch.cuda.get_device_properties(device).total_memory if cuda else None,
-            "gpu_count": torch.cuda.device_count(), "cuda": torch.version.cuda, "torch": torch.__version__,
-            "diffusers": diffusers.__version__, "accelerate": accelerate.__version__,
-            "python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "gpu_driver": None}
-    try:
-        info["gpu_driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                            capture_output=True, text=True, check=True).stdout.split("\n")[0].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return info
-
-
-def machine_name(hw) -> str:
-    """"h100-80gb-hbm3" for an NVIDIA H100 80GB HBM3, "cpu" without a GPU: the start of result file names."""
-    return (hw["gpu"] or "cpu").lower().replace("nvidia", "").strip().replace(" ", "-")
 
 
 def default_name(args, hw):

@@ -1,7 +1,7 @@
 """How sampling cost grows with batch size and with steps, for any saved pipeline.
 
-    python benchmarks/sampling_cost.py --pipeline runs/demo/pipeline --output benchmarks/results
-    python benchmarks/sampling_cost.py --pipeline runs/latent_ddpm --batches 1,10,100,1000,10000 --steps 10,20,50
+    python -m benchmarks.sampling_cost --pipeline runs/demo/pipeline --output benchmarks/results
+    python -m benchmarks.sampling_cost --pipeline runs/latent_ddpm --batches 1,10,100,1000,10000 --steps 10,20,50
 
 Times one sampler call (DPM-Solver++ unless --scheduler) per (batch size, steps), after a 2-step
 warm-up at that size, the way run_benchmark.py does (bf16 autocast on CUDA, fp32 on the CPU; decoding
@@ -11,29 +11,13 @@ command, rows) and .md.
 
 import argparse
 import datetime
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python benchmarks/sampling_cost.py` puts benchmarks/ first, not the repo
-    sys.path.insert(0, str(REPO))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.run_benchmark import (add_commit_option, hardware, machine_name, pipeline_folder,  # noqa: E402
-                                      provenance, save_result)
-from benchmarks.sampling import LatentSampler, batch_sweep, check_schedulers  # noqa: E402
-from pipeline.evaluate import scheduler_spec  # noqa: E402
-
-
-def int_list(text):
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,10,100; got {text!r}")
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"every value must be >= 1; got {text!r}")
-    return values
+from benchmarks.common import (add_commit_option, hardware, int_list, machine_name, pipeline_folder, provenance,
+                               save_result)
+from benchmarks.sampling import LatentSampler, batch_sweep, check_schedulers
+from pipeline.evaluate import scheduler_spec
 
 
 def parse_args(argv=None):

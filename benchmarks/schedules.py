@@ -1,8 +1,8 @@
 """Noise schedules and training objectives on one training budget.
 
-    python benchmarks/schedules.py --output benchmarks/results                 # GPU: full configs
-    python benchmarks/schedules.py --output benchmarks/results --cpu            # 2-core CPU: quick configs
-    python benchmarks/schedules.py --output /tmp/s --quick                      # smoke test, ~1 min
+    python -m benchmarks.schedules --output benchmarks/results                 # GPU: full configs
+    python -m benchmarks.schedules --output benchmarks/results --cpu            # 2-core CPU: quick configs
+    python -m benchmarks.schedules --output /tmp/s --quick                      # smoke test, ~1 min
 
 Trains train_latent_ddpm.py once per variant (subprocesses, as a user runs it) on the SAME
 autoencoder, config, seed, data order, noise draws and number of steps; only the beta schedule
@@ -17,19 +17,14 @@ import argparse
 import datetime
 import json
 import shlex
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python benchmarks/schedules.py` puts benchmarks/ first, not the repo
-    sys.path.insert(0, str(REPO))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from benchmarks import project  # noqa: E402
-from benchmarks.report import same_size_floor  # noqa: E402
-from benchmarks.run_benchmark import add_commit_option, hardware, machine_name, provenance  # noqa: E402
+from benchmarks import project
+from benchmarks.report import same_size_floor
+from benchmarks.common import add_commit_option, hardware, machine_name, provenance
 
 # name -> (beta schedule, prediction type, min-SNR gamma or None). Every combination of the three.
 VARIANTS = {f"{s}-{p}{'-minsnr5' if g else ''}": (s, p, g)

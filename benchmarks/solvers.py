@@ -1,6 +1,6 @@
 """Which sampler, and how few steps, for a trained pipeline: FID per (scheduler, steps).
 
-    python benchmarks/solvers.py --pipeline runs/latent_ddpm --steps 6,8,10,15,20 \
+    python -m benchmarks.solvers --pipeline runs/latent_ddpm --steps 6,8,10,15,20 \
         --schedulers dpm dpm:solver_order=3 unipc unipc:solver_order=3
 
 Sampling speed is set by the number of UNet calls, so the cheapest sampler at a given quality is the one
@@ -11,21 +11,14 @@ same seed with the benchmark's judge and floor. Writes solvers-<gpu|cpu>-<date>.
 
 import argparse
 import datetime
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python benchmarks/solvers.py` puts benchmarks/ first, not the repo
-    sys.path.insert(0, str(REPO))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.report import same_size_floor  # noqa: E402
-from benchmarks.run_benchmark import (add_commit_option, hardware, machine_name, pipeline_folder,  # noqa: E402
-                                      provenance, save_result)
-from benchmarks.sampling import LatentSampler, check_schedulers, quality  # noqa: E402
-from benchmarks.sampling_cost import int_list  # noqa: E402
-from pipeline.evaluate import scheduler_spec  # noqa: E402
+from benchmarks.report import same_size_floor
+from benchmarks.common import (add_commit_option, hardware, int_list, machine_name, pipeline_folder, provenance,
+                               save_result)
+from benchmarks.sampling import LatentSampler, check_schedulers, quality
+from pipeline.evaluate import scheduler_spec
 
 
 def parse_args(argv=None):

@@ -20,13 +20,15 @@ import torch
 
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # benchmark scripts run end to end as subprocesses
+
 QUALITY = {"dpm_10", "dpm_20", "dpm_50", "ddpm_100"}  # --quick trains with 100 noise levels, not 1000
 SCORE_KEYS = {"fid", "precision", "recall", "num_samples", "sampling_seconds", "digits_per_s", "batch_size"}
 
 
 def run_benchmark(*args):
     # The environment carries conftest's private cache and HF_HUB_OFFLINE into the child.
-    proc = subprocess.run([sys.executable, "benchmarks/run_benchmark.py", *map(str, args)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run_benchmark", *map(str, args)], cwd=REPO,
                           env=dict(os.environ), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
@@ -56,7 +58,7 @@ def test_quick_run_writes_marked_results(quick_run):
     assert r["quick"] is True and "not a benchmark" in r["note"]
     assert {"name", "created", "command", "git_commit", "git_dirty", "hardware", "settings", "real_data_floor",
             "project", "baseline"} <= r.keys()
-    assert "--quick" in r["command"] and r["command"].startswith("python benchmarks/run_benchmark.py")
+    assert "--quick" in r["command"] and r["command"].startswith("python -m benchmarks.run_benchmark --quick")
     assert {"gpu", "cuda", "torch", "diffusers", "accelerate", "python"} <= r["hardware"].keys()
     assert r["judge"]["test_accuracy"] >= 0.99 and len(r["judge"]["fingerprint"]) == 40
     assert r["hardware"]["gpu"] is None or torch.cuda.is_available()
@@ -106,7 +108,7 @@ def test_merge_joins_split_runs(quick_run, tmp_path):
     other = json.loads((tmp_path / "gpu-baseline.json").read_text())  # a half scored by another judge
     other["judge"]["fingerprint"] = "0" * 40
     (tmp_path / "gpu-baseline.json").write_text(json.dumps(other))
-    proc = subprocess.run([sys.executable, "benchmarks/run_benchmark.py", "--merge", tmp_path / "gpu-project.json",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run_benchmark", "--merge", tmp_path / "gpu-project.json",
                            tmp_path / "gpu-baseline.json", "--output", tmp_path / "bad"], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode != 0 and "different judge" in proc.stderr
@@ -148,7 +150,7 @@ def test_schedules_comparison_trains_each_variant_as_named(mnist_dir, tiny_autoe
     import yaml
 
     variants = ["linear-epsilon", "cosine-v-minsnr5"]
-    proc = subprocess.run([sys.executable, "benchmarks/schedules.py", "--quick", "--output", str(tmp_path / "out"),
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.schedules", "--quick", "--output", str(tmp_path / "out"),
                            "--work_dir", str(tmp_path / "work"), "--data_dir", str(mnist_dir), "--autoencoder",
                            str(tiny_autoencoder_run), "--name", "smoke", "--variants", *variants],
                           cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=600)
@@ -179,7 +181,7 @@ def test_sampling_cost_times_every_batch_and_step_count(tmp_path):
 
     folder = tmp_path / "pipe"
     save_pipeline_folder(tiny_pipe(conditional=False), folder)
-    cmd = [sys.executable, "benchmarks/sampling_cost.py", "--pipeline", str(folder), "--batches", "1,4",
+    cmd = [sys.executable, "-m", "benchmarks.sampling_cost", "--pipeline", str(folder), "--batches", "1,4",
            "--steps", "2,3", "--output", str(tmp_path / "out"), "--name", "cost", "--channels_last"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -190,7 +192,7 @@ def test_sampling_cost_times_every_batch_and_step_count(tmp_path):
     md = (tmp_path / "out" / "cost.md").read_text()
     assert "| 4 | " in md and "3 steps" in md and "channels_last" in md and r["channels_last"] and r["git_commit"]
 
-    bad = subprocess.run([*cmd[:3], str(tmp_path), *cmd[4:]], cwd=REPO, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run([*cmd[:4], str(tmp_path), *cmd[5:]], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "not a pipeline folder" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -200,7 +202,7 @@ def test_solvers_scores_every_scheduler_and_step_count(tmp_path, mnist_dir):
     from test_conditional import tiny_pipe
 
     save_pipeline_folder(tiny_pipe(conditional=False), tmp_path / "pipe")
-    cmd = [sys.executable, "benchmarks/solvers.py", "--pipeline", str(tmp_path / "pipe"), "--schedulers", "dpm",
+    cmd = [sys.executable, "-m", "benchmarks.solvers", "--pipeline", str(tmp_path / "pipe"), "--schedulers", "dpm",
            "unipc:solver_order=3", "--steps", "2,3", "--num_samples", "16", "--data_dir", str(mnist_dir),
            "--output", str(tmp_path / "out"), "--name", "solv"]
     proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=900)
@@ -213,13 +215,13 @@ def test_solvers_scores_every_scheduler_and_step_count(tmp_path, mnist_dir):
     md = (tmp_path / "out" / "solv.md").read_text()
     assert "| `unipc:solver_order=3` | " in md and "3 steps" in md
 
-    bad = subprocess.run([*cmd[:5], "dpm:order=3"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run([*cmd[:6], "dpm:order=3"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "takes no option order" in bad.stderr and "Traceback" not in bad.stderr
 
     pipe = tiny_pipe(conditional=False)  # a cosine-schedule model, where Karras sigmas repeat timesteps
     pipe.scheduler = make_train_scheduler(1000, "squaredcos_cap_v2", "v_prediction")
     save_pipeline_folder(pipe, tmp_path / "cosine")
-    bad = subprocess.run([*cmd[:3], str(tmp_path / "cosine"), "--schedulers", "dpm", "dpm:use_karras_sigmas=true",
+    bad = subprocess.run([*cmd[:4], str(tmp_path / "cosine"), "--schedulers", "dpm", "dpm:use_karras_sigmas=true",
                           "--steps", "8", "--output", str(tmp_path / "bad")], cwd=REPO, capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode != 0 and "repeats timesteps at 8 steps" in bad.stderr and "Traceback" not in bad.stderr
@@ -252,7 +254,7 @@ def test_compiled_sampler_draws_the_same_digits_as_eager(tmp_path):
 
 def test_explicit_commit_wins_over_git_and_report_states_unequal_budgets():
     from benchmarks import report
-    from benchmarks.run_benchmark import git_state
+    from benchmarks.common import git_state
 
     # A repo copied to a GPU machine may carry a stale .git: --commit must be what is recorded.
     assert git_state("0123abc") == ("0123abc", None)
@@ -293,10 +295,10 @@ def test_flops_counts_what_a_sampled_digit_costs_for_configs_and_overrides():
     assert full["decode"] > small["decode"] > 0 and full["encode"] > 0
     assert full["unet_parameters"] > small["unet_parameters"]
 
-    proc = subprocess.run([sys.executable, "benchmarks/flops.py", "--steps", "20"], cwd=REPO, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.flops", "--steps", "20"], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0 and "one sampled digit at 20 steps:" in proc.stdout, proc.stderr[-2000:]
-    bad = subprocess.run([sys.executable, "benchmarks/flops.py", "--ddpm_args=--unet.block_out_chanels [64,128]"],
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.flops", "--ddpm_args=--unet.block_out_chanels [64,128]"],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
 
@@ -308,7 +310,7 @@ def test_autoencoder_steps_scores_every_checkpoint_and_the_saved_model(tiny_auto
     from benchmarks.autoencoder_steps import weights
     from pipeline.autoencoder import CABAutoencoder
 
-    cmd = [sys.executable, "benchmarks/autoencoder_steps.py", "--autoencoder", str(tiny_autoencoder_run),
+    cmd = [sys.executable, "-m", "benchmarks.autoencoder_steps", "--autoencoder", str(tiny_autoencoder_run),
            "--data_dir", str(mnist_dir), "--output", str(tmp_path / "out"), "--name", "ae"]
     proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -329,5 +331,5 @@ def test_autoencoder_steps_scores_every_checkpoint_and_the_saved_model(tiny_auto
     save_file({"module.x": torch.ones(2)}, str(tmp_path / "model.safetensors"))
     assert list(weights(tmp_path)) == ["x"]
 
-    bad = subprocess.run([*cmd[:3], str(mnist_dir)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run([*cmd[:4], str(mnist_dir)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "is not a finished autoencoder run" in bad.stderr and "Traceback" not in bad.stderr
