@@ -28,6 +28,8 @@ from pipeline.metrics import psnr_ssim
 from pipeline.progress import progress
 
 logger = logging.getLogger("train_autoencoder")
+# Besides training.RESUME_FIXED: the autoencoder's shape. A resume with it changed would fail or train another model.
+RESUME_FIXED = ("autoencoder",)
 
 
 def main(argv):
@@ -38,8 +40,10 @@ def main(argv):
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     training.announce(accelerator, cfg)
     out = Path(cfg.output_dir)
+    training.lock_output_dir(accelerator, out)  # one run per folder, held until this process ends
+    record = training.run_record(accelerator, cfg, RESUME_FIXED)
+    training.check_output_dir(cfg, record)  # before anything is written: the checkpoints there are this run's
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "training_config.yaml")
     set_seed(cfg.seed)  # model initialisation; data order and noise have their own seeds
     clock.lap("set-up")
@@ -47,7 +51,7 @@ def main(argv):
     # 1. Data: the whole split lives on the device as one tensor; no dataloader needed.
     train_images, _ = load_digits("train", cfg.dataset, cfg.data_dir)
     test_images, test_labels = load_digits("test", cfg.dataset, cfg.data_dir)
-    train_images = train_images[:cfg.max_train_samples]
+    train_images, _ = training.first_samples(accelerator, cfg, train_images)
     test_images, test_labels = test_images[:cfg.max_eval_samples], test_labels[:cfg.max_eval_samples]
     train_x = to_model_input(train_images).to(accelerator.device)
     held_out = to_model_input(test_images[:256]).to(accelerator.device)
@@ -58,7 +62,7 @@ def main(argv):
     model, train_model, optimizer, lr_scheduler = training.prepare(accelerator, cfg, model, "autoencoder")
 
     # 3. Resume, then train to exactly max_train_steps.
-    step = training.resume(accelerator, cfg)
+    step = training.resume(accelerator, cfg, optimizer, lr_scheduler)
     order = training.BatchOrder(len(train_x), cfg.train_batch_size, cfg.seed,
                                 accelerator.process_index, accelerator.num_processes, train_x.device)
     loss_log = training.LossLog(out / "loss.csv", step, accelerator.is_main_process)
@@ -85,7 +89,7 @@ def main(argv):
             loss_log.add(step, mean_loss)
             bar.set_postfix(loss=f"{mean_loss:.4g}")
         bar.update(1)  # counted after the loss is set, so a plain progress line shows this step's loss
-        training.checkpoint_if_due(accelerator, cfg, step, stop, meter)
+        training.checkpoint_if_due(accelerator, cfg, step, stop, meter, record)
     bar.close()
     meter.check()
     training.check_replicas_in_sync(accelerator, model)
@@ -118,7 +122,7 @@ def finish(model, cfg, out, train_images, test_images, test_labels, loss_log, cl
     # (encoded only; divided by the factor the encoder applies, 1 before this line has run).
     latents = encode_images(model, train_images[:10000], model.device, batch_size=1000) / model.config.scaling_factor
     model.register_to_config(scaling_factor=float(1.0 / latents.std()))
-    model.save_pretrained(out)
+    training.save_or_explain(lambda: save_model(model, out), out, "the autoencoder")
     clock.lap("scaling and saving", saved=True)
     stop.model_saved(out)  # a stop signal from here on ends the run at once: the model is safe
 
@@ -132,6 +136,9 @@ def finish(model, cfg, out, train_images, test_images, test_labels, loss_log, cl
           f"scaling_factor {model.config.scaling_factor:.4f}")
     clock.lap("test-split scores")
 
+    if cfg.skip_figures:
+        clock.write(out / "timings.json")
+        return
     visualisation.reconstruction_figure(originals, recons, out / "reconstruction.png")
     batch = slice(0, 64)  # "one batch", as in the reference
     visualisation.tsne_figure(test_latents[batch].numpy(), test_labels[batch], out / "tsne_batch.png",
@@ -142,6 +149,22 @@ def finish(model, cfg, out, train_images, test_images, test_labels, loss_log, cl
     loss_log.plot(out / "loss.png", "autoencoder reconstruction loss (MSE)")
     clock.lap("figures")
     clock.write(out / "timings.json")
+
+
+def save_model(model, out):
+    """save_pretrained into a temporary folder, then the files moved into place: a full disk or a killed
+    save leaves a model saved there before as it was."""
+    import os
+    import shutil
+
+    tmp = out / ".tmp-autoencoder"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        for f in tmp.iterdir():
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -18,18 +18,24 @@ import torch.nn.functional as F
 from accelerate.utils import set_seed
 from diffusers import UNet2DModel
 from diffusers.training_utils import EMAModel, compute_snr
+from safetensors.torch import load_file
 
 from pipeline import training, visualisation
 from pipeline.config import LatentDDPMTrainConfig, parse_config, save_config
 from pipeline.data import load_digits
 from pipeline.errors import UserError, first_line, run_cli
-from pipeline.latent_cache import cached_latents, load_autoencoder
+from pipeline.latent_cache import autoencoder_fingerprint, cached_latents, load_autoencoder
 from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
 from pipeline.progress import progress
 from pipeline.schedulers import make_train_scheduler, with_scheduler
 
 logger = logging.getLogger("train_latent_ddpm")
 NUM_CLASSES = 10
+EMA_FIELDS = ("decay", "min_decay", "optimization_step", "update_after_step", "use_ema_warmup", "inv_gamma", "power")
+# Besides training.RESUME_FIXED: the options that shape the model, its objective and its EMA. A resume
+# with any of them changed would fail or train another model; the learning rate and its schedule may change.
+RESUME_FIXED = ("unet", "ddpm_num_steps", "ddpm_beta_schedule", "prediction_type", "snr_gamma", "conditioning",
+                "class_dropout", "use_ema", "ema_max_decay", "ema_inv_gamma", "ema_power")
 
 
 def build_unet(cfg, autoencoder) -> UNet2DModel:
@@ -83,19 +89,24 @@ def main(argv):
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     training.announce(accelerator, cfg)
     out = Path(cfg.output_dir)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "training_config.yaml")  # hub_token is redacted
+    training.lock_output_dir(accelerator, out)  # one run per folder, held until this process ends
     set_seed(cfg.seed)
-    clock.lap("set-up")
 
-    # 1. Frozen autoencoder, the UNet its latents decide the shape of (built first, so bad unet options fail
-    #    in seconds; reading and encoding the data draws no random numbers, so the order changes no weights),
-    #    and the training split as latents on the accelerator.
+    # 1. Frozen autoencoder; then, before anything is written, the check that checkpoints already in the
+    #    folder are this run's; the UNet the latents decide the shape of (built before the data, so bad unet
+    #    options fail in seconds; reading and encoding the data draws no random numbers, so the order
+    #    changes no weights); the training split as latents on the accelerator.
     autoencoder = load_autoencoder(cfg.autoencoder)
+    record = training.run_record(accelerator, cfg, RESUME_FIXED, autoencoder=autoencoder_fingerprint(autoencoder),
+                                 latent_shape=f"{autoencoder.config.latent_channels}x{autoencoder.latent_size}"
+                                              f"x{autoencoder.latent_size}")
+    training.check_output_dir(cfg, record)
+    if accelerator.is_main_process:
+        save_config(cfg, out / "training_config.yaml")  # hub_token is redacted
+    clock.lap("set-up")
     unet = build_unet(cfg, autoencoder)
     images, labels = load_digits("train", cfg.dataset, cfg.data_dir)
-    images, labels = images[:cfg.max_train_samples], labels[:cfg.max_train_samples]
+    images, labels = training.first_samples(accelerator, cfg, images, labels)
     latents = cached_latents(accelerator, autoencoder, images, cfg.dataset)
     labels = torch.as_tensor(labels, device=accelerator.device) if cfg.conditioning == "class" else None
     clock.lap("data and latents")
@@ -112,11 +123,11 @@ def main(argv):
                        power=cfg.ema_power, model_cls=UNet2DModel, model_config=unet.config,
                        foreach=True)  # a few multi-tensor kernels per step instead of ~3 per parameter tensor
         ema.to(accelerator.device)
-        register_ema_hooks(accelerator, ema)
+        register_ema_hooks(accelerator, ema, unet)
     unet, train_unet, optimizer, lr_scheduler = training.prepare(accelerator, cfg, unet, "latent_ddpm")
 
     # 3. Resume, then train to exactly max_train_steps.
-    step = training.resume(accelerator, cfg)
+    step = training.resume(accelerator, cfg, optimizer, lr_scheduler)
     order = training.BatchOrder(len(latents), cfg.train_batch_size, cfg.seed,
                                 accelerator.process_index, accelerator.num_processes, latents.device)
     loss_log = training.LossLog(out / "loss.csv", step, accelerator.is_main_process)
@@ -150,7 +161,7 @@ def main(argv):
         bar.update(1)  # counted after the loss is set, so a plain progress line shows this step's loss
         if step % cfg.save_images_steps == 0 and accelerator.is_main_process:
             log_samples(accelerator, cfg, unet, ema, autoencoder, noise_scheduler, step)
-        training.checkpoint_if_due(accelerator, cfg, step, stop, meter)
+        training.checkpoint_if_due(accelerator, cfg, step, stop, meter, record)
     bar.close()
     meter.check()
     training.check_replicas_in_sync(accelerator, unet)
@@ -165,7 +176,7 @@ def main(argv):
     accelerator.end_training()
 
 
-def register_ema_hooks(accelerator, ema):
+def register_ema_hooks(accelerator, ema, unet):
     """EMA weights travel with the Accelerate state, as diffusers-format `unet_ema/` (safetensors)."""
 
     def save_hook(models, weights, output_dir):
@@ -173,11 +184,17 @@ def register_ema_hooks(accelerator, ema):
             ema.save_pretrained(os.path.join(output_dir, "unet_ema"))
 
     def load_hook(models, input_dir):
+        # What EMAModel.from_pretrained does, without building a throw-away UNet from a config.json that
+        # also holds the EMA fields (diffusers warns about those, twice, on every resume).
         path = os.path.join(input_dir, "unet_ema")
         if not os.path.isdir(path):
-            raise UserError(f"checkpoint {input_dir} has no unet_ema/ but use_ema is on; resume with --use_ema false")
-        loaded = EMAModel.from_pretrained(path, model_cls=UNet2DModel)
-        ema.load_state_dict(loaded.state_dict())
+            raise RuntimeError(f"checkpoint {input_dir} does not match this run: it has no unet_ema/ but use_ema is on")
+        state = {k: v for k, v in UNet2DModel.load_config(path).items() if k in EMA_FIELDS}
+        weights = load_file(os.path.join(path, "diffusion_pytorch_model.safetensors"))
+        names = [name for name, _ in unet.named_parameters()]
+        if set(names) != set(weights) or any(weights[n].shape != p.shape for n, p in zip(names, ema.shadow_params)):
+            raise RuntimeError(f"{path} does not match this run's UNet (its EMA weights have other names or shapes)")
+        ema.load_state_dict({**state, "shadow_params": [weights[n] for n in names]})
         ema.to(accelerator.device)
 
     accelerator.register_save_state_pre_hook(save_hook)
@@ -218,14 +235,15 @@ def finish(pipe, cfg, out, loss_log, clock, stop):
     from pipeline.figures import pipeline_figures
 
     # The trained model is saved before anything that could fail (pictures, evaluation).
-    save_pipeline_folder(pipe, out, dataset=cfg.dataset)
+    training.save_or_explain(lambda: save_pipeline_folder(pipe, out, dataset=cfg.dataset), out, "the pipeline")
     print(f"pipeline saved to {out}")
     clock.lap("saving", saved=True)
     stop.model_saved(out)  # a stop signal from here on ends the run at once: the pipeline is safe
     pipe.set_progress_bar_config(disable=True)
-    loss_log.plot(out / "loss.png", f"latent diffusion loss ({cfg.prediction_type})")
-    pipeline_figures(pipe, cfg, out)
-    clock.lap("figures")
+    if not cfg.skip_figures:
+        loss_log.plot(out / "loss.png", f"latent diffusion loss ({cfg.prediction_type})")
+        pipeline_figures(pipe, cfg, out)
+        clock.lap("figures")
     metrics = {}
     if cfg.eval_num_samples > 0:
         metrics = evaluate_pipeline(pipe, num_samples=cfg.eval_num_samples, num_inference_steps=cfg.num_inference_steps,
@@ -233,7 +251,9 @@ def finish(pipe, cfg, out, loss_log, clock, stop):
                                     dataset=cfg.dataset, data_dir=cfg.data_dir)
         clock.lap("evaluation")
     # The model card again, now with the sample grid and the measured metrics.
-    write_model_card(pipe, out, metrics=metrics, sample_grid_path=str(out / "samples.png"), dataset=cfg.dataset)
+    grid = out / "samples.png"
+    write_model_card(pipe, out, metrics=metrics, sample_grid_path=str(grid) if grid.is_file() else None,
+                     dataset=cfg.dataset)
     clock.lap("saving")
     clock.write(out / "timings.json")
     if cfg.push_to_hub:
@@ -241,8 +261,8 @@ def finish(pipe, cfg, out, loss_log, clock, stop):
             url = push_folder(out, cfg.hub_model_id, token=cfg.hub_token, private=cfg.hub_private_repo)
         except Exception as e:  # network, auth, permissions: the trained pipeline is safe on disk
             raise UserError(f"upload to {cfg.hub_model_id} failed ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                            f"the pipeline in {out} is complete: upload it later with "
-                            f"`huggingface-cli upload {cfg.hub_model_id} {out}` or re-run with --push_to_hub")
+                            f"the pipeline in {out} is complete: upload it later, with the same files, by "
+                            f"`python -m pipeline.export push {out} {cfg.hub_model_id}`")
         print(f"pushed to {url}")
 
 

@@ -131,7 +131,7 @@ def get_classifier(dataset="ylecun/mnist", data_dir=None, device="cpu", min_accu
     """The cached judge for `dataset`, training (and checking) it first if there is none."""
     folder = classifier_dir(dataset)
     if (folder / "config.json").is_file() and (folder / ACCURACY_FILE).is_file():
-        return DigitClassifier.from_pretrained(folder).to(device).eval()
+        return DigitClassifier.from_pretrained(folder, use_safetensors=True).to(device).eval()
 
     from pipeline.data import load_digits
     min_accuracy = default_min_accuracy(dataset) if min_accuracy is None else min_accuracy

@@ -57,6 +57,7 @@ class TrainConfig:
     compile: bool = option(False, "torch.compile the model (GPU runs; slow to start on CPU)")
     compile_mode: str = option("default", "reduce-overhead adds CUDA graphs: fewer launches for small 8x8 UNets")
     num_threads: Optional[int] = option(None, "CPU threads for torch; null leaves torch's default")
+    skip_figures: bool = option(False, "no pictures at the end: on tiny runs they take longer than the training")
 
     def validate(self):
         positive = ["train_batch_size", "max_train_steps", "gradient_accumulation_steps",

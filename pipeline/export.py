@@ -60,16 +60,25 @@ def save_pipeline_folder(pipe, output_dir, metrics: dict | None = None, sample_g
     if type(pipe).__name__ != PIPELINE_CLASS or type(pipe.autoencoder).__name__ != AUTOENCODER_CLASS:
         raise ValueError(f"expected a {PIPELINE_CLASS} with a {AUTOENCODER_CLASS}, got {type(pipe).__name__}")
     out = Path(output_dir)
-    pipe.save_pretrained(out, safe_serialization=True)
-
-    # Ship the code next to the weights, and point model_index.json at those files.
-    shutil.copyfile(HERE / f"{PIPELINE_MODULE}.py", out / f"{PIPELINE_MODULE}.py")
-    shutil.copyfile(HERE / "autoencoder.py", out / "autoencoder" / f"{AUTOENCODER_MODULE}.py")
-    index_path = out / "model_index.json"
-    index = json.loads(index_path.read_text())
-    index["_class_name"] = [PIPELINE_MODULE, PIPELINE_CLASS]
-    index["autoencoder"] = [AUTOENCODER_MODULE, AUTOENCODER_CLASS]
-    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    # Written whole into a temporary folder first and then moved into place file by file, so a full disk
+    # or a killed save leaves a pipeline saved there before as it was.
+    tmp = out / ".tmp-pipeline"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        # Ship the code next to the weights, and point model_index.json at those files.
+        shutil.copyfile(HERE / f"{PIPELINE_MODULE}.py", tmp / f"{PIPELINE_MODULE}.py")
+        shutil.copyfile(HERE / "autoencoder.py", tmp / "autoencoder" / f"{AUTOENCODER_MODULE}.py")
+        index_path = tmp / "model_index.json"
+        index = json.loads(index_path.read_text())
+        index["_class_name"] = [PIPELINE_MODULE, PIPELINE_CLASS]
+        index["autoencoder"] = [AUTOENCODER_MODULE, AUTOENCODER_CLASS]
+        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        for rel in _list_files(tmp):
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / rel, out / rel)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return write_model_card(pipe, out, metrics, sample_grid_path, dataset, license, repo_id)
 
 
@@ -83,7 +92,11 @@ def write_model_card(pipe, output_dir, metrics: dict | None = None, sample_grid_
     if sample_grid_path is not None and Path(sample_grid_path).resolve() != (out / SAMPLE_GRID).resolve():
         shutil.copyfile(sample_grid_path, out / SAMPLE_GRID)  # (a training run may have drawn it there already)
     tmp = out / "README.md.tmp"
-    tmp.write_text(_model_card(pipe, metrics, sample_grid_path is not None, dataset, license, repo_id))
+    try:
+        tmp.write_text(_model_card(pipe, metrics, sample_grid_path is not None, dataset, license, repo_id))
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, out / "README.md")
     _check_no_token(out, [p for p in _list_files(out) if not p.endswith(".safetensors")])
     return out
@@ -196,3 +209,41 @@ def push_folder(output_dir, hub_model_id: str, token: str | None = None, private
     )
     logger.info("uploaded %d files to %s", len(plan.files), commit.commit_url)
     return commit
+
+
+def main(argv=None):
+    """`python -m pipeline.export push RUN_DIR user/name`: upload a finished run folder later, with exactly the
+    files and model card that `--push_to_hub` sends (checkpoints and logs stay home)."""
+    import argparse
+
+    from .errors import UserError, first_line
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.export", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    push = sub.add_parser("push", help="upload a finished pipeline folder to the Hub")
+    push.add_argument("folder", help="a run folder of train_latent_ddpm.py")
+    push.add_argument("repo_id", help="the model repo, user/name (created if needed)")
+    push.add_argument("--private", action="store_true", help="create the repo private (applies on creation only)")
+    push.add_argument("--token", default=None, help="else HF_TOKEN or `hf auth login`")
+    push.add_argument("--dry_run", action="store_true", help="list the files that would go up, and stop")
+    args = parser.parse_args(argv)
+    try:
+        plan = upload_plan(args.folder, args.repo_id)
+    except (OSError, ValueError) as e:  # no such folder, an incomplete one, a malformed repo id
+        raise UserError(f"cannot upload {args.folder}: {first_line(e)}")
+    if args.dry_run:
+        print("\n".join(plan.files))
+        print(f"{len(plan.files)} files would go to {plan.repo_id}")
+        return
+    try:
+        commit = push_folder(args.folder, args.repo_id, token=args.token, private=args.private)
+    except Exception as e:  # network, auth, permissions
+        raise UserError(f"upload to {args.repo_id} failed ({type(e).__name__}: {first_line(e)}); the folder is "
+                        "unchanged: check `hf auth login` and the network, then run this again")
+    print(f"uploaded {len(plan.files)} files to {commit.commit_url}")
+
+
+if __name__ == "__main__":
+    from .errors import run_cli
+
+    run_cli(main)

@@ -34,6 +34,10 @@ def load_autoencoder(path_or_id) -> CABAutoencoder:
         if name != "CABAutoencoder":
             raise UserError(f"--autoencoder {path_or_id} holds a {name}, not a CABAutoencoder; "
                             "pass the output_dir of train_autoencoder.py")
+        if not (local / "diffusion_pytorch_model.safetensors").is_file() and (local / "diffusion_pytorch_model.bin").is_file():
+            raise UserError(f"--autoencoder {path_or_id} holds only pickled weights (diffusion_pytorch_model.bin), and "
+                            "pickles can run code when loaded: this project loads safetensors only; re-save it with "
+                            "save_pretrained(safe_serialization=True)")
         if not (local / "diffusion_pytorch_model.safetensors").is_file():
             raise UserError(f"--autoencoder {path_or_id} lacks diffusion_pytorch_model.safetensors; "
                             "the autoencoder run did not finish: re-run or resume it")
@@ -51,7 +55,7 @@ def load_autoencoder(path_or_id) -> CABAutoencoder:
             raise UserError(f"--autoencoder {path_or_id}: no such folder here, and the Hub cannot be asked "
                             f"({problem}); {fix}")
     try:
-        return CABAutoencoder.from_pretrained(str(path_or_id))
+        return CABAutoencoder.from_pretrained(str(path_or_id), use_safetensors=True)
     except Exception as e:
         raise UserError(f"cannot load the autoencoder {path_or_id}: {first_line(e)}")
 

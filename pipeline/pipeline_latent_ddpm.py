@@ -100,10 +100,14 @@ def repeats_timesteps(scheduler) -> bool:
 
 def _load_component(model_cls, folder, subfolder, torch_dtype=None):
     """Load one model, turning a missing or damaged weights file into an error that names it."""
-    try:
-        return model_cls.from_pretrained(folder, subfolder=subfolder, torch_dtype=torch_dtype)
+    path = os.path.join(folder, subfolder)
+    pickled = [f for f in ("diffusion_pytorch_model.bin", "pytorch_model.bin") if os.path.isfile(os.path.join(path, f))]
+    if pickled and not os.path.isfile(os.path.join(path, "diffusion_pytorch_model.safetensors")):
+        raise ValueError(f"{os.path.join(path, pickled[0])} is a pickle, and pickles can run code when loaded: this "
+                         "pipeline loads safetensors only; re-save the model with save_pretrained(safe_serialization=True)")
+    try:  # safetensors only, never a pickle
+        return model_cls.from_pretrained(folder, subfolder=subfolder, torch_dtype=torch_dtype, use_safetensors=True)
     except Exception as e:  # safetensors/diffusers errors do not always say which file
-        path = os.path.join(folder, subfolder)
         raise ValueError(f"cannot load {path} ({type(e).__name__}: {str(e).splitlines()[0]}); "
                          "the folder is incomplete or damaged, re-save or re-download it") from e
 
@@ -140,6 +144,7 @@ class LatentDDPMPipeline(DiffusionPipeline):
         saved weights and runs none of the Python files shipped in the folder. (diffusers itself would import
         the shipped copies, which needs `trust_remote_code=True`; passing that takes diffusers' own path.)"""
         if kwargs.pop("trust_remote_code", False):
+            kwargs.setdefault("use_safetensors", True)  # never unpickle weights
             return super().from_pretrained(pretrained_model_name_or_path, trust_remote_code=True, **kwargs)
         if not __package__:
             raise ValueError("outside the project, load with DiffusionPipeline.from_pretrained(path, trust_remote_code=True)")

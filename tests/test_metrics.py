@@ -216,16 +216,17 @@ def test_evaluate_autoencoder_folder_writes_psnr_ssim_and_judge_scores(judge, tm
 def test_perfect_reconstructions_score_exactly_the_floor(judge, mnist_dir):
     # The reconstructed column must use the floor's own digits: an autoencoder that returns its input
     # scores what real digits score, at every sample size.
+    from pipeline.autoencoder import DecoderOutput, EncoderOutput
     from pipeline.evaluate import score_reconstructions
 
     class Identity(torch.nn.Module):
         device, dtype = torch.device("cpu"), torch.float32
 
         def encode(self, x):
-            return x
+            return EncoderOutput(latents=x)  # as CABAutoencoder.encode returns
 
         def decode(self, z):
-            return z
+            return DecoderOutput(sample=z)
 
     classifier, reference, _ = judge
     train_images, _ = load_digits("train", data_dir=mnist_dir)

@@ -264,6 +264,7 @@ def test_push_to_hub_without_network_fails_cleanly_and_keeps_the_pipeline(mnist_
                      ["--push_to_hub", "true", "--hub_model_id", "someone/latent-digits", "--hub_token", FAKE_TOKEN,
                       "--save_images_steps", "100"], env=env, check=False)
     assert res.returncode == 2 and "upload to someone/latent-digits failed" in res.stderr
+    assert f"python -m pipeline.export push {out} someone/latent-digits" in res.stderr  # upload later, same files
     assert "Traceback" not in res.stderr and FAKE_TOKEN not in res.stdout + res.stderr
     assert (out / "model_index.json").is_file() and (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
 
