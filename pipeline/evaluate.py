@@ -60,12 +60,14 @@ def scheduler_spec(text):
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--pipeline", required=True, help="a saved LatentDDPMPipeline folder, or a CABAutoencoder folder")
-    p.add_argument("--num_samples", type=int, default=10_000)
+    p.add_argument("--num_samples", type=int, default=10_000,
+                   help="samples to draw and score; for an autoencoder, test images to reconstruct "
+                        "(default %(default)s: the whole test split)")
     p.add_argument("--num_inference_steps", type=int, default=20)
     p.add_argument("--scheduler", type=scheduler_spec, default="dpm",
                    help="ddpm, ddim, dpm (DPM-Solver++), unipc or euler, optionally with the scheduler's own "
                         "options after a colon: unipc:solver_order=3 (default %(default)s)")
-    p.add_argument("--output_dir", default=None, help="default: <pipeline>/eval")
+    p.add_argument("--output_dir", default=None, help="default: <pipeline>/evaluation, where training writes its scores too")
     p.add_argument("--batch_size", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
@@ -266,9 +268,11 @@ def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=
     return metrics
 
 
-def evaluate_autoencoder(autoencoder, output_dir, batch_size=1000, dataset="ylecun/mnist", data_dir=None) -> dict:
-    """PSNR/SSIM of reconstructions of the whole test split, and the judge's scores of reconstructed
-    training images next to the floor; writes metrics.json and reconstructions.png."""
+def evaluate_autoencoder(autoencoder, output_dir, batch_size=1000, dataset="ylecun/mnist", data_dir=None,
+                         num_samples=None) -> dict:
+    """PSNR/SSIM of reconstructions of the first `num_samples` test images (None: all), and the judge's scores
+    of as many reconstructed training images next to the floor at that size; writes metrics.json and
+    reconstructions.png."""
     from pipeline.classifier import get_classifier
     from pipeline.data import load_digits
     from pipeline.latent_cache import encode_decode
@@ -277,6 +281,8 @@ def evaluate_autoencoder(autoencoder, output_dir, batch_size=1000, dataset="ylec
 
     out = _prepare(output_dir)
     originals, _ = load_digits("test", dataset=dataset, data_dir=data_dir)
+    originals = originals[:num_samples]
+    n = min(len(originals), FLOOR_SIZE)
     train_images, _ = load_digits("train", dataset=dataset, data_dir=data_dir)
     _, recons = encode_decode(autoencoder, originals, batch_size)
     scores = psnr_ssim(originals, recons)
@@ -287,9 +293,10 @@ def evaluate_autoencoder(autoencoder, output_dir, batch_size=1000, dataset="ylec
 
     classifier = get_classifier(dataset, data_dir, device=autoencoder.device)
     reference = get_reference(dataset, data_dir, classifier)
-    metrics.update(score_reconstructions(autoencoder, classifier, reference, FLOOR_SIZE, train_images, batch_size))
-    metrics.update({f"{key}_floor": reference.floor[key] for key, _, _ in TABLE}, floor_num_samples=FLOOR_SIZE)
-    print(f"\n{'':16}{'reconstructed':>15}{'real data':>11}   ({FLOOR_SIZE} training images vs the test split)")
+    metrics.update(score_reconstructions(autoencoder, classifier, reference, n, train_images, batch_size))
+    floor = reference.floor_for(n)
+    metrics.update({f"{key}_floor": floor[key] for key, _, _ in TABLE}, floor_num_samples=n)
+    print(f"\n{'':16}{'reconstructed':>15}{'real data':>11}   ({n} training images vs the test split)")
     for key, label, hint in TABLE:
         print(f"{label:16}{metrics[key + '_reconstructed']:15.4g}{metrics[key + '_floor']:11.4g}   {hint}")
     print("(the best a latent model decoded by this autoencoder can expect to score)")
@@ -307,14 +314,14 @@ def main(argv=None):
         raise UserError(f"--guidance_scales applies to class-conditional pipelines, but {path} is an autoencoder; "
                         "drop --guidance_scales")
     device = pick_device(args.device)
-    out = Path(args.output_dir).expanduser() if args.output_dir else path / "eval"
+    out = Path(args.output_dir).expanduser() if args.output_dir else path / "evaluation"
     dataset = pick_dataset(path, args.dataset)
+    if args.num_samples < MIN_SAMPLES:  # before loading anything
+        raise UserError(f"--num_samples {args.num_samples} is too few to score; use at least {MIN_SAMPLES}")
     if kind == "autoencoder":
         from pipeline.latent_cache import load_autoencoder
         return evaluate_autoencoder(load_autoencoder(path).to(device), out, batch_size=args.batch_size,
-                                    dataset=dataset, data_dir=args.data_dir)
-    if args.num_samples < MIN_SAMPLES:  # before loading anything
-        raise UserError(f"--num_samples {args.num_samples} is too few to score; use at least {MIN_SAMPLES}")
+                                    dataset=dataset, data_dir=args.data_dir, num_samples=args.num_samples)
     settings = dict(num_samples=args.num_samples, num_inference_steps=args.num_inference_steps,
                     scheduler=args.scheduler, seed=args.seed, batch_size=args.batch_size, dataset=dataset,
                     data_dir=args.data_dir)

@@ -213,6 +213,19 @@ def test_evaluate_autoencoder_folder_writes_psnr_ssim_and_judge_scores(judge, tm
     assert metrics["recall_reconstructed"] < metrics["recall_floor"]
 
 
+def test_evaluate_autoencoder_honours_num_samples_and_writes_beside_training(judge, tmp_path, mnist_dir):
+    from pipeline.autoencoder import CABAutoencoder
+    from pipeline.evaluate import main
+
+    torch.manual_seed(0)
+    ae_dir = tmp_path / "ae"
+    CABAutoencoder(block_out_channels=(8, 8, 8), layers_per_block=1, norm_num_groups=4, reduction=4).save_pretrained(ae_dir)
+    main(["--pipeline", str(ae_dir), "--num_samples", "500", "--data_dir", str(mnist_dir), "--device", "cpu"])
+    metrics = json.loads((ae_dir / "evaluation" / "metrics.json").read_text())  # the folder training writes to
+    assert metrics["num_images"] == 500 and metrics["floor_num_samples"] == 500
+    assert metrics["fid_floor"] == pytest.approx(judge[1].floor_for(500)["fid"])
+
+
 def test_perfect_reconstructions_score_exactly_the_floor(judge, mnist_dir):
     # The reconstructed column must use the floor's own digits: an autoencoder that returns its input
     # scores what real digits score, at every sample size.
