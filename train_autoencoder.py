@@ -152,19 +152,11 @@ def finish(model, cfg, out, train_images, test_images, test_labels, loss_log, cl
 
 
 def save_model(model, out):
-    """save_pretrained into a temporary folder, then the files moved into place: a full disk or a killed
-    save leaves a model saved there before as it was."""
-    import os
-    import shutil
+    """save_pretrained through a staging folder: a full disk or a killed save leaves an earlier model whole."""
+    from pipeline.export import staged
 
-    tmp = out / ".tmp-autoencoder"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with staged(out, "autoencoder") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        for f in tmp.iterdir():
-            os.replace(f, out / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ def main(argv):
     unet = build_unet(cfg, autoencoder)
     images, labels = load_digits("train", cfg.dataset, cfg.data_dir)
     images, labels = training.first_samples(accelerator, cfg, images, labels)
-    latents = cached_latents(accelerator, autoencoder, images, cfg.dataset)
+    latents = cached_latents(accelerator, autoencoder, images, cfg.dataset, fingerprint=record["autoencoder"])
     labels = torch.as_tensor(labels, device=accelerator.device) if cfg.conditioning == "class" else None
     clock.lap("data and latents")
 

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -60,11 +61,7 @@ def save_pipeline_folder(pipe, output_dir, metrics: dict | None = None, sample_g
     if type(pipe).__name__ != PIPELINE_CLASS or type(pipe.autoencoder).__name__ != AUTOENCODER_CLASS:
         raise ValueError(f"expected a {PIPELINE_CLASS} with a {AUTOENCODER_CLASS}, got {type(pipe).__name__}")
     out = Path(output_dir)
-    # Written whole into a temporary folder first and then moved into place file by file, so a full disk
-    # or a killed save leaves a pipeline saved there before as it was.
-    tmp = out / ".tmp-pipeline"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with staged(out, "pipeline") as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         # Ship the code next to the weights, and point model_index.json at those files.
         shutil.copyfile(HERE / f"{PIPELINE_MODULE}.py", tmp / f"{PIPELINE_MODULE}.py")
@@ -74,12 +71,23 @@ def save_pipeline_folder(pipe, output_dir, metrics: dict | None = None, sample_g
         index["_class_name"] = [PIPELINE_MODULE, PIPELINE_CLASS]
         index["autoencoder"] = [AUTOENCODER_MODULE, AUTOENCODER_CLASS]
         index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return write_model_card(pipe, out, metrics, sample_grid_path, dataset, license, repo_id)
+
+
+@contextmanager
+def staged(output_dir, name):
+    """A temporary folder `output_dir/.tmp-<name>` to save into; once the block ends, its files move into
+    `output_dir`. A full disk or a killed save leaves what was saved there before as it was."""
+    out = Path(output_dir)
+    tmp = out / f".tmp-{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
         for rel in _list_files(tmp):
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp / rel, out / rel)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return write_model_card(pipe, out, metrics, sample_grid_path, dataset, license, repo_id)
 
 
 def write_model_card(pipe, output_dir, metrics: dict | None = None, sample_grid_path: str | None = None,

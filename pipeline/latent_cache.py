@@ -92,9 +92,11 @@ def encode_decode(autoencoder, images_uint8, batch_size=1000):
     return torch.cat(latents), torch.cat(recons)[:, 0].numpy()
 
 
-def cached_latents(accelerator, autoencoder, images_uint8, dataset_key) -> torch.Tensor:
-    """Training latents on the accelerator; the main process encodes once and caches."""
-    key = f"{dataset_key.replace('/', '__')}-{autoencoder_fingerprint(autoencoder)}-{len(images_uint8)}"
+def cached_latents(accelerator, autoencoder, images_uint8, dataset_key, fingerprint=None) -> torch.Tensor:
+    """Training latents on the accelerator; the main process encodes once and caches. `fingerprint`: the
+    autoencoder's, when the caller has computed it already."""
+    fingerprint = fingerprint or autoencoder_fingerprint(autoencoder)
+    key = f"{dataset_key.replace('/', '__')}-{fingerprint}-{len(images_uint8)}"
     path = cache_dir("latents") / f"{key}.safetensors"
     if accelerator.is_main_process and not path.exists():
         latents = encode_images(autoencoder, images_uint8, accelerator.device)

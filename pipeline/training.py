@@ -54,6 +54,14 @@ def announce(accelerator, cfg):
                       f"mixed precision {cfg.mixed_precision}, batch {cfg.train_batch_size} per process")
 
 
+def any_process(accelerator, flag: bool) -> bool:
+    """Whether `flag` is true on any process: an all-reduce, so every process must call it."""
+    if accelerator.num_processes == 1:
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return accelerator.reduce(t, reduction="sum").item() > 0
+
+
 def check_replicas_in_sync(accelerator, model):
     """Every process must end with the same weights (DDP keeps them so); say so, or fail."""
     if accelerator.num_processes == 1:
@@ -199,10 +207,8 @@ def lock_output_dir(accelerator, output_dir):
                 shutil.rmtree(tmp, ignore_errors=True)
         except UserError as e:
             failure = e
-    if accelerator.num_processes > 1:
-        flag = torch.tensor([0.0 if failure is None else 1.0], device=accelerator.device)
-        if accelerator.reduce(flag, reduction="sum").item() > 0 and failure is None:
-            raise SystemExit(2)  # the main process prints why
+    if any_process(accelerator, failure is not None) and failure is None:
+        raise SystemExit(2)  # the main process prints why
     if failure is not None:
         raise failure
     return held
@@ -371,10 +377,8 @@ def save_checkpoint(accelerator, output_dir, step, total_limit, extra_state=None
 
 def _raise_if_any_failed(accelerator, failure, tmp, final, output_dir):
     """After a failed save on any process: remove the partial folder and stop with one line (every process)."""
-    if accelerator.num_processes > 1:
-        flag = torch.tensor([0.0 if failure is None else 1.0], device=accelerator.device)
-        if accelerator.reduce(flag, reduction="sum").item() > 0 and failure is None:
-            failure = RuntimeError("another process could not write its part")
+    if any_process(accelerator, failure is not None) and failure is None:
+        failure = RuntimeError("another process could not write its part")
     if failure is None:
         return
     if accelerator.is_main_process:
@@ -477,8 +481,7 @@ class StopRequest:
             return self.signum is not None
         if step % self.sync_every:
             return False
-        flag = torch.tensor([1.0 if self.signum else 0.0], device=accelerator.device)
-        if accelerator.reduce(flag, reduction="sum").item() > 0:  # one rank signalled: every rank stops
+        if any_process(accelerator, self.signum is not None):  # one rank signalled: every rank stops
             self.signum = self.signum or signal.SIGTERM
             return True
         return False
