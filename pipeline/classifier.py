@@ -1,14 +1,15 @@
-"""The judge: a small CNN digit classifier whose features score generated digits.
+"""The judge: a transformers image classifier, configured from scratch, whose features score samples.
 
-`get_classifier` trains it once per dataset (fixed seed, two epochs, 20 to 75 s on two
-CPU cores), checks it on the test split, and caches it under
-`cache_dir("classifier", <dataset key>)` with `save_pretrained` (config.json +
-safetensors) next to `accuracy.json`. Later calls just load it. A judge that is not
-clearly good at the task is refused: >= 99% test accuracy on MNIST, >= 89% on
-Fashion-MNIST (where small CNNs top out in the low 90s).
+`get_classifier` trains it once per dataset (fixed seed, three epochs, about 1.5 min on two CPU
+cores; benchmarks/judge.py measured the candidates), checks it on the test split, and caches it
+under `cache_dir("judge", ARCHITECTURE, <dataset key>)` with `save_pretrained` next to
+`accuracy.json`. Later calls load it back with `AutoModelForImageClassification.from_pretrained`,
+as any user can. A judge that is not clearly good at the task is refused: >= 99% test accuracy on
+MNIST, >= 89% on Fashion-MNIST (where small CNNs top out in the low 90s).
 
-`forward` gives logits (classes, confidence); `features` gives the 128-d penultimate
-activations, the embedding used for FID and precision/recall (see pipeline/metrics.py).
+It takes uint8 images, (N,H,W) grayscale or (N,C,H,W) with 1 or 3 channels, of any size from 28 to
+64 pixels. `JudgeFeatures` is its penultimate layer (the pooled output before the linear head) as a
+torch module: the feature extractor that torchmetrics' FID and KID are given (pipeline/metrics.py).
 """
 
 import json
@@ -20,14 +21,48 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from diffusers import ConfigMixin, ModelMixin
-from diffusers.configuration_utils import register_to_config
+import transformers
+from transformers import (AutoModelForImageClassification, ConvNextV2Config, PreTrainedModel, RegNetConfig,
+                          ResNetConfig, ViTConfig)
 
 from pipeline.errors import UserError
 from pipeline.paths import cache_dir
 
 TRAIN_SEED = 0
 ACCURACY_FILE = "accuracy.json"
+
+
+def _resnet(channels, classes, size):
+    # basic blocks; the stem (7x7 stride 2 + max-pool) takes 28 px to 7, three stages to 2
+    return ResNetConfig(num_channels=channels, embedding_size=32, hidden_sizes=[32, 64, 128], depths=[1, 1, 1],
+                        layer_type="basic", num_labels=classes)
+
+
+def _regnet(layer_type):
+    def config(channels, classes, size):
+        # a 3x3 stride-2 stem keeps 14x14 of a 28-px image; stages to 7 and 4; "y" adds squeeze-excitation
+        return RegNetConfig(num_channels=channels, embedding_size=32, hidden_sizes=[32, 64, 128], depths=[1, 2, 1],
+                            groups_width=16, layer_type=layer_type, num_labels=classes)
+    return config
+
+
+def _convnextv2(channels, classes, size):
+    # a 2x2 patch stem keeps 14x14 of a 28-px image for the first stage
+    return ConvNextV2Config(num_channels=channels, patch_size=2, num_stages=3, hidden_sizes=[32, 64, 128],
+                            depths=[1, 1, 2], num_labels=classes, image_size=size)
+
+
+def _vit(channels, classes, size):
+    # 4x4 patches: 49 tokens for 28 px, 256 for 64 px
+    return ViTConfig(image_size=size, patch_size=4, num_channels=channels, hidden_size=96, num_hidden_layers=4,
+                     num_attention_heads=4, intermediate_size=192, num_labels=classes)
+
+
+CANDIDATES = {"resnet": _resnet, "regnet-x": _regnet("x"), "regnet-y": _regnet("y"), "convnextv2": _convnextv2,
+              "vit": _vit}
+ARCHITECTURE = "resnet"  # the measured choice (docs/tuning.md, "The judge")
+MAX_SHIFT = 2  # pixels of random shift in training: +0.1% test accuracy on MNIST
+EPOCHS = 3  # two reach 99.25 to 99.35% depending on the thread count, three leave a margin above 99.3%
 
 
 def dataset_key(dataset: str) -> str:
@@ -39,54 +74,49 @@ def default_min_accuracy(dataset: str) -> float:
     return 0.89 if "fashion" in dataset.lower() else 0.99
 
 
-class DigitClassifier(ModelMixin, ConfigMixin):
-    """Three conv/BN/ReLU/max-pool stages (28 -> 14 -> 7 -> 3), then 128-d features, then logits."""
+def num_classes(judge: PreTrainedModel) -> int:
+    return judge.config.num_labels
 
-    @register_to_config
-    def __init__(self, channels: tuple = (16, 32, 64), feature_dim: int = 128,
-                 num_classes: int = 10, dropout: float = 0.2):
+
+class JudgeFeatures(nn.Module):
+    """uint8 images (N,C,H,W) or (N,H,W) -> (N, num_features) penultimate activations of the judge, float32.
+
+    torchmetrics reads `num_features` instead of probing the module with a 299x299 RGB image."""
+
+    def __init__(self, judge: PreTrainedModel):
         super().__init__()
-        layers, c_in = [], 1
-        for c in channels:
-            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2)]
-            c_in = c
-        self.conv = nn.Sequential(*layers)
-        side = 28 // 2 ** len(channels)
-        self.fc = nn.Linear(c_in * side * side, feature_dim)
-        self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(feature_dim, num_classes)
+        self.judge = judge
+        self.num_features = judge.classifier[-1].in_features if isinstance(judge.classifier, nn.Sequential) \
+            else judge.classifier.in_features
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N,1,28,28) float in [0,1] -> (N, feature_dim) penultimate activations."""
-        return F.relu(self.fc(self.conv(x).flatten(1)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N,1,28,28) float in [0,1] -> (N, num_classes) logits."""
-        return self.head(self.drop(self.features(x)))
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.judge.base_model(pixel_values=to_pixel_values(images, self.judge.device))
+        pooled = out.pooler_output if getattr(out, "pooler_output", None) is not None else out.last_hidden_state[:, 0]
+        return pooled.flatten(1).float()
 
 
-def digits_to_tensor(images, device="cpu") -> torch.Tensor:
-    """uint8 (N,28,28) -> float (N,1,28,28) in [0,1] on `device`."""
-    x = torch.as_tensor(np.asarray(images))
+def to_pixel_values(images, device="cpu") -> torch.Tensor:
+    """uint8 (N,H,W) or (N,C,H,W) -> float (N,C,H,W) in [-1, 1] on `device`, the judge's input."""
+    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
     if x.dtype != torch.uint8:
-        raise TypeError(f"expected uint8 digits, got {x.dtype}")
+        raise TypeError(f"the judge takes uint8 images, got {x.dtype}")
     if x.ndim == 3:
         x = x.unsqueeze(1)
-    return x.to(device).float().div_(255.0)
+    return x.to(device).float().div_(127.5).sub_(1.0)
 
 
 @torch.no_grad()
-def predict(classifier: DigitClassifier, images, batch_size=1000):
-    """uint8 digits -> (features float32 (N,D), logits float32 (N,C)) as numpy, in eval mode."""
+def predict(classifier: PreTrainedModel, images, batch_size=1000):
+    """uint8 images -> (features float32 (N,D), logits float32 (N,C)) as numpy, in eval mode."""
     classifier.eval()
-    device = next(classifier.parameters()).device
+    features = JudgeFeatures(classifier)
     feats, logits = [], []
     for i in range(0, len(images), batch_size):
-        f = classifier.features(digits_to_tensor(images[i:i + batch_size], device))
-        feats.append(f.float().cpu())
-        logits.append(classifier.head(f).float().cpu())
+        f = features(images[i:i + batch_size])
+        feats.append(f.cpu())
+        logits.append(classifier.classifier(f).float().cpu())
     if not feats:
-        raise UserError("no digits to score; generate at least one sample (--num_samples)")
+        raise UserError("no images to score; generate at least one sample (--num_samples)")
     return torch.cat(feats).numpy(), torch.cat(logits).numpy()
 
 
@@ -95,53 +125,78 @@ def accuracy(classifier, images, labels) -> float:
     return float((logits.argmax(1) == np.asarray(labels)).mean())
 
 
+def build_classifier(channels: int, classes: int, size: int, architecture=ARCHITECTURE) -> PreTrainedModel:
+    if architecture not in CANDIDATES:
+        raise ValueError(f"unknown judge architecture {architecture!r}; choose one of {sorted(CANDIDATES)}")
+    config = CANDIDATES[architecture](channels, classes, size)
+    return AutoModelForImageClassification.from_config(config)
+
+
+def random_shift(x: torch.Tensor, generator: torch.Generator, max_shift: int) -> torch.Tensor:
+    """Each image moved by up to `max_shift` pixels each way (edges repeated): the classic MNIST augmentation."""
+    if max_shift == 0:
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (max_shift,) * 4, mode="replicate")
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n), generator=generator).tolist()
+    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+
+
 @torch.enable_grad()  # callers may be inside no_grad (e.g. scoring at the end of training)
-def train_classifier(images, labels, device="cpu", epochs=2, batch_size=128, max_lr=5e-3,
-                     seed=TRAIN_SEED) -> DigitClassifier:
-    """Adam with a one-cycle schedule; no augmentation needed for >99% on MNIST."""
+def train_classifier(images, labels, num_classes=10, device="cpu", epochs=EPOCHS, batch_size=128, max_lr=5e-3,
+                     seed=TRAIN_SEED, architecture=ARCHITECTURE, max_shift=MAX_SHIFT) -> PreTrainedModel:
+    """AdamW with a one-cycle schedule from scratch, random shifts of up to `max_shift` px; `epochs` may be
+    fractional."""
     torch.manual_seed(seed)  # weight init
-    model = DigitClassifier().to(device).train()
-    x, y = digits_to_tensor(images, device), torch.as_tensor(labels, dtype=torch.long, device=device)
-    steps_per_epoch = len(x) // batch_size
-    opt = torch.optim.Adam(model.parameters(), lr=max_lr / 25)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=epochs * steps_per_epoch)
+    x = to_pixel_values(images, device)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)
+    model = build_classifier(x.shape[1], num_classes, x.shape[-1], architecture).to(device).train()
+    total = max(1, int(epochs * (len(x) // batch_size)))
+    opt = torch.optim.AdamW(model.parameters(), lr=max_lr / 25, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total)
     order = torch.Generator().manual_seed(seed)  # batch order, independent of the device
-    for _ in range(epochs):
+    step = 0
+    while step < total:
         perm = torch.randperm(len(x), generator=order).to(device)
-        for i in range(steps_per_epoch):
+        for i in range(len(x) // batch_size):
+            if step == total:
+                break
             idx = perm[i * batch_size:(i + 1) * batch_size]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss = F.cross_entropy(model(pixel_values=random_shift(x[idx], order, max_shift)).logits, y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+            step += 1
     return model.eval()
 
 
 def classifier_dir(dataset="ylecun/mnist"):
-    return cache_dir("classifier", dataset_key(dataset))
+    return cache_dir("judge", ARCHITECTURE, dataset_key(dataset))
 
 
 def classifier_accuracy(dataset="ylecun/mnist") -> float:
-    """The cached classifier's test accuracy (call after `get_classifier`)."""
+    """The cached judge's test accuracy (call after `get_classifier`)."""
     return json.loads((classifier_dir(dataset) / ACCURACY_FILE).read_text())["test_accuracy"]
 
 
-def get_classifier(dataset="ylecun/mnist", data_dir=None, device="cpu", min_accuracy=None) -> DigitClassifier:
+def get_classifier(dataset="ylecun/mnist", data_dir=None, device="cpu", min_accuracy=None) -> PreTrainedModel:
     """The cached judge for `dataset`, training (and checking) it first if there is none."""
     folder = classifier_dir(dataset)
     if (folder / "config.json").is_file() and (folder / ACCURACY_FILE).is_file():
-        return DigitClassifier.from_pretrained(folder, use_safetensors=True).to(device).eval()
+        transformers.utils.logging.disable_progress_bar()  # a "Loading weights" bar for a 1 MB model
+        return AutoModelForImageClassification.from_pretrained(folder, use_safetensors=True).to(device).eval()
 
     from pipeline.data import load_digits
     min_accuracy = default_min_accuracy(dataset) if min_accuracy is None else min_accuracy
     train_x, train_y = load_digits("train", dataset=dataset, data_dir=data_dir)
     test_x, test_y = load_digits("test", dataset=dataset, data_dir=data_dir)
+    classes = int(max(train_y.max(), test_y.max())) + 1
     start = time.time()
-    model = train_classifier(train_x, train_y, device=device)
+    model = train_classifier(train_x, train_y, num_classes=classes, device=device)
     acc = accuracy(model, test_x, test_y)
     seconds = time.time() - start
-    print(f"trained the {dataset} judge classifier in {seconds:.0f}s: test accuracy {acc:.2%}")
+    print(f"trained the {dataset} judge ({ARCHITECTURE}) in {seconds:.0f}s: test accuracy {acc:.2%}")
     if acc < min_accuracy:
         raise UserError(f"the {dataset} judge classifier reached only {acc:.2%} test accuracy "
                         f"(need >= {min_accuracy:.0%}); check the dataset files (damaged or mislabeled?) "
@@ -150,10 +205,11 @@ def get_classifier(dataset="ylecun/mnist", data_dir=None, device="cpu", min_accu
     # Write into a private folder, then swap it in, so concurrent readers never see half a model.
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    transformers.utils.logging.disable_progress_bar()  # "Writing model shards"
+    model.save_pretrained(tmp)
     (tmp / ACCURACY_FILE).write_text(json.dumps(
-        {"dataset": dataset, "test_accuracy": acc, "train_seconds": round(seconds, 1), "seed": TRAIN_SEED},
-        indent=2))
-    shutil.rmtree(folder, ignore_errors=True)  # also drops reference features of any older judge
+        {"dataset": dataset, "architecture": ARCHITECTURE, "epochs": EPOCHS, "max_shift": MAX_SHIFT,
+         "test_accuracy": acc, "train_seconds": round(seconds, 1), "seed": TRAIN_SEED}, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)  # also drops the real-data statistics of any older judge
     os.replace(tmp, folder)
-    return model
+    return model.to(device)

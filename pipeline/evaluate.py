@@ -4,10 +4,11 @@ For a LatentDDPMPipeline folder (has model_index.json) it samples `--num_samples
 with a seeded generator and writes to `--output_dir`:
   samples.npz   key `images`, uint8 (N, 28, 28)
   samples.png   the first 100 digits
-  metrics.json  FID / precision / recall / class balance / confidence, each with its
-                real-data floor, plus sampler settings and speed
-and prints a table with the floor next to each number. The judge is our MNIST
-classifier (pipeline/classifier.py), trained once and cached.
+  metrics.json  FID and KID (torchmetrics), precision / recall / density / coverage (prdc),
+                class balance and confidence, each with its real-data floor, plus sampler
+                settings, speed and the judge's fingerprint and test accuracy
+and prints a table with the floor next to each number. The judge is a transformers image
+classifier trained from scratch on the dataset (pipeline/classifier.py), trained once and cached.
 
 Next to the floor it prints what the same real images score after a trip through the
 pipeline's autoencoder (`*_reconstructed` in metrics.json): the best a latent model decoded
@@ -41,8 +42,10 @@ import yaml
 from pipeline.errors import UserError, first_line, run_cli
 
 MIN_SAMPLES = 10  # precision/recall need k+1 neighbours; below this the numbers mean nothing
-TABLE = [("fid", "FID", "lower is better"), ("precision", "precision", "realism"),
-         ("recall", "recall", "coverage"), ("kl_to_uniform", "KL to uniform", "class balance, 0 = even"),
+TABLE = [("fid", "FID", "lower is better (torchmetrics)"), ("kid", "KID", "lower is better, unbiased (torchmetrics)"),
+         ("precision", "precision", "realism (prdc, k=3)"), ("recall", "recall", "variety covered (prdc)"),
+         ("density", "density", "realism, robust to outliers (prdc)"), ("coverage", "coverage", "variety (prdc)"),
+         ("kl_to_uniform", "KL to uniform", "class balance, 0 = even"),
          ("mean_confidence", "mean confidence", "judge's max softmax")]
 
 
@@ -228,6 +231,15 @@ def score_reconstructions(autoencoder, classifier, reference, num_samples, train
     return {f"{key}_reconstructed": scores[key] for key, _, _ in TABLE}
 
 
+def judge_record(classifier, dataset) -> dict:
+    """Which judge gave the scores: its architecture, weights fingerprint and test accuracy, for metrics.json."""
+    from pipeline.classifier import classifier_accuracy
+    from pipeline.metrics import judge_fingerprint
+
+    return dict(classifier_accuracy=classifier_accuracy(dataset), classifier_fingerprint=judge_fingerprint(classifier),
+                classifier_architecture=classifier.config.model_type)
+
+
 def _write_metrics(metrics: dict, out: Path):
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"wrote {out / 'metrics.json'}")
@@ -236,7 +248,7 @@ def _write_metrics(metrics: dict, out: Path):
 def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=20, scheduler="dpm", seed=0,
                       batch_size=1000, dataset="ylecun/mnist", data_dir=None) -> dict:
     """Sample with `pipe` (left untouched: a copy gets `scheduler`), score, write the three files, return metrics."""
-    from pipeline.classifier import classifier_accuracy, get_classifier
+    from pipeline.classifier import get_classifier
     from pipeline.data import load_digits
     from pipeline.metrics import get_reference, score_digits
     from pipeline.schedulers import with_scheduler
@@ -262,7 +274,7 @@ def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=
     metrics.update(scheduler=scheduler, num_inference_steps=num_inference_steps, seed=seed, batch_size=batch_size,
                    device=str(pipe.device), sampling_seconds=round(seconds, 3),
                    digits_per_second=round(num_samples / seconds, 2),
-                   classifier_accuracy=classifier_accuracy(dataset), dataset=dataset)
+                   **judge_record(classifier, dataset), dataset=dataset)
     print_table(metrics)
     _write_metrics(metrics, out)
     return metrics
@@ -288,13 +300,14 @@ def evaluate_autoencoder(autoencoder, output_dir, batch_size=1000, dataset="ylec
     scores = psnr_ssim(originals, recons)
     reconstruction_figure(originals, recons, out / "reconstructions.png")
     metrics = dict(psnr=scores["psnr"], ssim=scores["ssim"], num_images=scores["num_images"], dataset=dataset)
+    classifier = get_classifier(dataset, data_dir, device=autoencoder.device)
+    metrics.update(judge_record(classifier, dataset))
     print(f"\nreconstruction of {scores['num_images']} test images: "
           f"PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f} (perfect: inf, 1)")
 
-    classifier = get_classifier(dataset, data_dir, device=autoencoder.device)
     reference = get_reference(dataset, data_dir, classifier)
     metrics.update(score_reconstructions(autoencoder, classifier, reference, n, train_images, batch_size))
-    floor = reference.floor_for(n)
+    floor = reference.floor_for(n, classifier)
     metrics.update({f"{key}_floor": floor[key] for key, _, _ in TABLE}, floor_num_samples=n)
     print(f"\n{'':16}{'reconstructed':>15}{'real data':>11}   ({n} training images vs the test split)")
     for key, label, hint in TABLE:

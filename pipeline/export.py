@@ -153,8 +153,10 @@ def _model_card(pipe, metrics, has_grid, dataset, license, repo_id) -> str:
     ]
     if metrics:
         lines += ["## Evaluation", "",
-                  "Measured by this project's scorer (`python -m pipeline.evaluate`): FID, precision and recall on the "
-                  "128-d features of a small MNIST classifier (not Inception), against the test split. Each `*_floor` "
+                  "Measured by this project's scorer (`python -m pipeline.evaluate`): FID and KID (torchmetrics), "
+                  "precision, recall, density and coverage (prdc, k=3) on the penultimate features of a small "
+                  "transformers classifier trained on the dataset (not Inception; `classifier_*` names it), against "
+                  "the test split. Each `*_floor` "
                   "is as many real training digits as samples (`floor_num_samples`, at most 10,000) scored the same "
                   "way: what a perfect model would get. Each `*_reconstructed` is those real digits passed through "
                   "this pipeline's autoencoder: the best any latent model decoded by it can expect.", "",

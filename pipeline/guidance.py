@@ -24,7 +24,7 @@ import numpy as np
 from pipeline.errors import UserError
 from pipeline.evaluate import MIN_SAMPLES, _prepare, sample_digits
 
-FLOOR_KEYS = ("fid", "precision", "recall", "kl_to_uniform", "mean_confidence")
+FLOOR_KEYS = ("fid", "kid", "precision", "recall", "density", "coverage", "kl_to_uniform", "mean_confidence")
 
 
 def parse_scales(text: str) -> list[float]:
@@ -69,9 +69,9 @@ def guidance_sweep(pipe, output_dir, guidance_scales, num_samples=10_000, num_in
     labels = cycling_labels(num_samples, num_classes)
     out = _prepare(output_dir)
     classifier = get_classifier(dataset, data_dir, device=pipe.device)
-    if classifier.config.num_classes != num_classes:
+    if classifier.config.num_labels != num_classes:
         raise UserError(f"the pipeline has {num_classes} classes but the {dataset} judge has "
-                        f"{classifier.config.num_classes}; pass the --dataset it was trained on")
+                        f"{classifier.config.num_labels}; pass the --dataset it was trained on")
     reference = get_reference(dataset, data_dir, classifier)
     sampler = with_scheduler(pipe, scheduler)
 
@@ -89,7 +89,7 @@ def guidance_sweep(pipe, output_dir, guidance_scales, num_samples=10_000, num_in
             per_class_accuracy=[float(correct[labels == c].mean()) for c in range(num_classes)],
             **{k: scores[k] for k in (*FLOOR_KEYS, "class_histogram")}, sampling_seconds=round(seconds, 3)))
 
-    floor = {k: reference.floor_for(num_samples)[k] for k in FLOOR_KEYS}
+    floor = {k: reference.floor_for(num_samples, classifier)[k] for k in FLOOR_KEYS}
     floor["class_accuracy"] = classifier_accuracy(dataset)  # the judge on real test digits
     result = dict(scales=rows, floor=floor, num_samples=num_samples, num_inference_steps=num_inference_steps,
                   scheduler=scheduler, seed=seed, batch_size=batch_size, device=str(pipe.device), dataset=dataset)

@@ -1,105 +1,72 @@
-"""How good are generated digits? Numbers that each come with what "perfect" looks like.
+"""How good are generated images? Numbers from well-kept libraries, each next to what "perfect" looks like.
 
-Pure functions over numpy/torch arrays:
-  * `psnr_ssim`: reconstruction quality of an autoencoder (28x28 floats in [0, 1]);
-  * `frechet_distance`, `precision_recall`: distribution distances in the judge
-    classifier's 128-d feature space (FID computed with our MNIST classifier, not Inception);
-  * `class_histogram`, `kl_to_uniform`: does the model cover all ten digits evenly?
-  * `score_digits`: all of the above for a set of uint8 digits, next to the real-data floor.
+  * `psnr_ssim`: reconstruction quality of an autoencoder (scikit-image);
+  * FID (`torchmetrics.image.fid.FrechetInceptionDistance`) and KID
+    (`torchmetrics.image.kid.KernelInceptionDistance`), both given the judge's penultimate
+    layer (`pipeline.classifier.JudgeFeatures`) as their feature extractor instead of Inception;
+  * precision, recall, density and coverage (`prdc.compute_prdc`, k = 3) on the same features;
+  * `class_histogram`, `kl_to_uniform`, mean confidence: does the model cover all classes evenly?
+  * `score_digits`: all of the above for a set of uint8 images, next to the real-data floor.
 
-The floor (`get_reference`) is what real digits score: the first 10,000 training digits
-against the test split. A model cannot be expected to beat it. FID is biased upward with
-fewer samples (with the GPU benchmark's judge, 2,000 real digits score 1.7 where 10,000 score
-0.95; `python -m pipeline.metrics` prints the floor by size), so a set
-of N < 10,000 digits is read against N of those 10,000 real digits, picked at random with a
-fixed seed (`Reference.floor_for`); from 10,000 samples on, the floor is the 10,000-digit one.
+The real side is always the test split; its FID statistics and features are computed once per
+judge and dataset and cached beside the judge (`reference.npz`). The floor (`Reference.floor_for`)
+is what real images score: N of the first 10,000 training images (a fixed random pick) against the
+test split, cached per sample count (`floors.json`). FID is biased upward with fewer samples
+(with the GPU benchmark's first judge, 2,000 real digits scored 1.7 where 10,000 scored 0.95;
+`python -m pipeline.metrics` prints the floor by size), so a set of N < 10,000 images is read
+against N real ones; from 10,000 samples on, the floor is the 10,000-image one. KID is unbiased,
+so its floor stays near 0 at every size.
 """
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 REFERENCE_FILE = "reference.npz"
+FLOORS_FILE = "floors.json"
 FLOOR_SIZE = 10_000
+NEAREST_K = 3  # prdc's k-NN balls, as in Kynkaanniemi et al. and Naeem et al.
+KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000  # torchmetrics' defaults; the subset shrinks to N for smaller sets
+BATCH = 1000
+FID_REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
 
 
 # -----------------------------------------------------------------------------
 # reconstruction quality
 
 def psnr_ssim(originals, reconstructions) -> dict:
-    """Mean (and per-image) PSNR/SSIM of (N,28,28) images in [0,1] (uint8 is rescaled)."""
+    """Mean (and per-image) PSNR/SSIM of images in [0,1] (uint8 is rescaled), grayscale or colour.
+
+    Shapes (N,H,W), (N,1,H,W), (N,H,W,1) are grayscale; (N,3,H,W) and (N,H,W,3) are colour, scored
+    with scikit-image's `channel_axis`."""
     a, b = _as_unit_float(originals), _as_unit_float(reconstructions)
     if a.shape != b.shape:
         raise ValueError(f"originals {a.shape} and reconstructions {b.shape} differ in shape")
+    colour = dict(channel_axis=-1) if a.ndim == 4 else {}
     with np.errstate(divide="ignore"):  # identical images: PSNR is +inf, which is the truth
         psnr = np.array([peak_signal_noise_ratio(x, y, data_range=1.0) for x, y in zip(a, b)])
-    ssim = np.array([structural_similarity(x, y, data_range=1.0) for x, y in zip(a, b)])
+    ssim = np.array([structural_similarity(x, y, data_range=1.0, **colour) for x, y in zip(a, b)])
     return dict(psnr=float(psnr.mean()), ssim=float(ssim.mean()), num_images=len(a),
                 per_image_psnr=psnr, per_image_ssim=ssim)
 
 
 def _as_unit_float(images) -> np.ndarray:
+    """-> (N,H,W) grayscale or (N,H,W,3) colour float64 in [0, 1]."""
     x = np.asarray(images)
     x = x.astype(np.float64) / 255.0 if x.dtype == np.uint8 else x.astype(np.float64)
-    return x.reshape(len(x), *x.shape[-2:])  # (N,1,H,W) / (N,H,W,1) / (N,H,W) -> (N,H,W)
-
-
-# -----------------------------------------------------------------------------
-# distribution distances in feature space
-
-def frechet_distance(feats_a, feats_b, eps=1e-6) -> float:
-    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 sqrt(S_a S_b)) between two Gaussians fitted to features."""
-    a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    with warnings.catch_warnings():  # singular covariances are common (dead ReLU units); handled below
-        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-        covmean = scipy.linalg.sqrtm(cov_a @ cov_b)
-    if not np.isfinite(covmean).all():  # singular product: nudge both covariances
-        offset = np.eye(len(cov_a)) * eps
-        covmean = scipy.linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
-    covmean = covmean.real  # round-off leaves tiny imaginary parts
-    fid = ((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean)
-    return float(max(fid, 0.0))
-
-
-def _kth_neighbour_radii(x: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
-    """Distance from each row of x to its k-th nearest other row."""
-    radii = []
-    for i in range(0, len(x), chunk):
-        d = torch.cdist(x[i:i + chunk], x)
-        radii.append(d.topk(k + 1, dim=1, largest=False).values[:, k])  # column 0 is the point itself
-    return torch.cat(radii)
-
-
-def _inside_any_ball(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk: int) -> torch.Tensor:
-    inside = [(torch.cdist(points[i:i + chunk], centres) <= radii[None]).any(1) for i in range(0, len(points), chunk)]
-    return torch.cat(inside)
-
-
-@torch.no_grad()
-def precision_recall(real_feats, fake_feats, k=3, chunk=1000) -> dict:
-    """Improved precision/recall (Kynkaanniemi et al. 2019) with k-NN balls in feature space.
-
-    precision: fraction of fakes inside some real ball (are samples realistic?);
-    recall: fraction of reals inside some fake ball (is the variety covered?).
-    Chunked so that 10k x 10k needs only chunk x 10k distances at a time.
-    """
-    real = torch.as_tensor(np.asarray(real_feats), dtype=torch.float32)
-    fake = torch.as_tensor(np.asarray(fake_feats), dtype=torch.float32)
-    if min(len(real), len(fake)) <= k:
-        raise ValueError(f"precision/recall with k={k} needs more than {k} points in each set")
-    real_r, fake_r = _kth_neighbour_radii(real, k, chunk), _kth_neighbour_radii(fake, k, chunk)
-    precision = _inside_any_ball(fake, real, real_r, chunk).float().mean().item()
-    recall = _inside_any_ball(real, fake, fake_r, chunk).float().mean().item()
-    return dict(precision=precision, recall=recall)
+    if x.ndim == 4 and x.shape[1] in (1, 3):  # (N,C,H,W), the project's layout -> channels last
+        x = x.transpose(0, 2, 3, 1)
+    if x.ndim == 4 and x.shape[-1] == 1:
+        x = x[..., 0]
+    return x
 
 
 # -----------------------------------------------------------------------------
@@ -119,65 +86,126 @@ def kl_to_uniform(hist) -> float:
 
 
 # -----------------------------------------------------------------------------
-# scoring generated digits against the real-data floor
+# distribution distances in the judge's feature space, by torchmetrics and prdc
+
+def prdc_scores(real_features, fake_features, nearest_k=NEAREST_K) -> dict:
+    """Precision, recall, density and coverage (Naeem et al. 2020) by `prdc.compute_prdc`, as floats."""
+    from prdc import compute_prdc
+
+    real, fake = np.asarray(real_features, np.float32), np.asarray(fake_features, np.float32)
+    if min(len(real), len(fake)) <= nearest_k:
+        raise ValueError(f"precision/recall with k={nearest_k} needs more than {nearest_k} points in each set")
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints the two set sizes
+        out = compute_prdc(real_features=real, fake_features=fake, nearest_k=nearest_k)
+    return {k: float(v) for k, v in out.items()}
+
+
+def fid_metric(extractor, real_state=None):
+    """torchmetrics' FID with the judge as its feature extractor, starting from cached real statistics."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    fid = FrechetInceptionDistance(feature=extractor, reset_real_features=False)
+    if real_state is not None:
+        # merge_state adds the cached sums to the metric's zeros: the public way to restore a state
+        zeros = {k: torch.zeros_like(v) if isinstance(v, torch.Tensor) else v for k, v in fid.metric_state.items()}
+        fid.merge_state({**zeros, **{k: torch.as_tensor(real_state[k]) for k in FID_REAL_STATES}})
+    return fid
+
+
+def kid_scores(extractor, real_features, images) -> dict:
+    """torchmetrics' KID (polynomial kernel MMD, unbiased) between the test split and `images`, seeded."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    n = min(len(images), len(real_features))
+    with warnings.catch_warnings():  # "will save all extracted features in buffer": 10,000 x 128 floats here
+        warnings.filterwarnings("ignore", message=".*will save all extracted features")
+        kid = KernelInceptionDistance(feature=extractor, subsets=KID_SUBSETS, subset_size=min(KID_SUBSET_SIZE, n))
+    kid.merge_state({"real_features": [torch.as_tensor(real_features, dtype=torch.float32)], "fake_features": []})
+    for i in range(0, len(images), BATCH):
+        kid.update(torch.as_tensor(images[i:i + BATCH]), real=False)
+    with torch.random.fork_rng(devices=[]):  # its random subsets: same images, same KID
+        torch.manual_seed(0)
+        mean, std = kid.compute()
+    return dict(kid=float(mean), kid_std=float(std))
+
+
+# -----------------------------------------------------------------------------
+# scoring generated images against the real-data floor
 
 @dataclass
 class Reference:
-    """Test-split features of the judge and the scores of real digits (the floor)."""
+    """The test split as the judge sees it (features, FID statistics), and the real-data floors."""
     test_features: np.ndarray
-    floor: dict  # of FLOOR_SIZE digits: fid, precision, recall, kl_to_uniform, mean_confidence
-    train_features: np.ndarray  # the judge's features and logits of the first FLOOR_SIZE training digits
-    train_logits: np.ndarray
-    _floors: dict = field(default_factory=dict, repr=False)
+    fid_real_state: dict  # FID_REAL_STATES of the test split, float64
+    floor: dict  # what FLOOR_SIZE real training images score
+    folder: object = None  # where floors.json lives
+    train_images: object = None  # callable -> the first FLOOR_SIZE training images, loaded when a floor needs them
 
     def floor_pick(self, num_samples: int) -> np.ndarray:
-        """Which of the first FLOOR_SIZE training digits make the floor for `num_samples` samples.
+        """Which of the first FLOOR_SIZE training images make the floor for `num_samples` samples.
 
         A fixed random subset, not the first N: samples are drawn independently, while neighbouring
         MNIST digits share writers (the first 2,000 score higher than most random 2,000 do)."""
         if num_samples >= FLOOR_SIZE:
-            return np.arange(len(self.train_features))
-        return np.random.default_rng(0).permutation(len(self.train_features))[:num_samples]
+            return np.arange(FLOOR_SIZE)
+        return np.random.default_rng(0).permutation(FLOOR_SIZE)[:num_samples]
 
-    def floor_for(self, num_samples: int) -> dict:
-        """The floor a set of `num_samples` digits is read against: real digits scored at that size."""
+    def floor_for(self, num_samples: int, classifier=None) -> dict:
+        """The floor a set of `num_samples` images is read against: real images scored at that size."""
         if num_samples >= FLOOR_SIZE:
             return self.floor
-        if num_samples not in self._floors:
-            pick = self.floor_pick(num_samples)
-            floor = _summary(self.train_features[pick], self.train_logits[pick], self.test_features)
+        path = self.folder / FLOORS_FILE
+        floors = json.loads(path.read_text()) if path.is_file() else {}
+        if str(num_samples) not in floors:
+            if classifier is None:
+                raise ValueError("a floor for a new sample size needs the judge: pass classifier=")
+            real = self.train_images()[self.floor_pick(num_samples)]
+            floor = _summary(real, classifier, self)
             floor.pop("class_histogram")
-            self._floors[num_samples] = floor
-        return self._floors[num_samples]
+            floors = json.loads(path.read_text()) if path.is_file() else {}  # another process may have added some
+            floors[str(num_samples)] = floor
+            _write_atomic(path, json.dumps(floors, indent=1).encode())
+        return floors[str(num_samples)]
 
 
-def _summary(feats, logits, reference_feats) -> dict:
+def _summary(images, classifier, reference: Reference) -> dict:
+    from pipeline.classifier import JudgeFeatures, predict
+
+    feats, logits = predict(classifier, images)
+    extractor = JudgeFeatures(classifier)
+    fid = fid_metric(extractor, reference.fid_real_state)
+    with torch.no_grad():
+        for i in range(0, len(images), BATCH):
+            fid.update(torch.as_tensor(images[i:i + BATCH]), real=False)
+        out = dict(fid=float(fid.compute()))
+        out.update(kid_scores(extractor, reference.test_features, images))
+    out.update(prdc_scores(reference.test_features, feats))
     probs = torch.softmax(torch.as_tensor(logits), dim=1)
     hist = class_histogram(probs.argmax(1).numpy(), num_classes=probs.shape[1])
-    out = dict(fid=frechet_distance(feats, reference_feats))
-    out.update(precision_recall(reference_feats, feats))
     out.update(class_histogram=[int(c) for c in hist], kl_to_uniform=kl_to_uniform(hist),
                mean_confidence=float(probs.max(1).values.mean()))
     return out
 
 
 def score_digits(images_uint8, classifier, reference: Reference) -> dict:
-    """FID, precision, recall, class histogram, KL to uniform, mean confidence, each with its `*_floor`.
+    """FID, KID, precision, recall, density, coverage, class histogram, KL to uniform, mean confidence,
+    each with its `*_floor`.
 
-    The floor is real digits scored at the same sample size (capped at FLOOR_SIZE), so that
-    `fid` and `fid_floor` carry the same small-sample bias; `floor_num_samples` says which size.
+    The floor is real images scored at the same sample size (capped at FLOOR_SIZE), so that `fid` and
+    `fid_floor` carry the same small-sample bias; `floor_num_samples` says which size.
     """
-    from pipeline.classifier import predict
-    feats, logits = predict(classifier, images_uint8)
-    scores = _summary(feats, logits, reference.test_features)
-    scores["num_samples"] = len(feats)
-    for name, value in reference.floor_for(len(feats)).items():
+    images_uint8 = np.asarray(images_uint8)
+    if len(images_uint8) < 2 * NEAREST_K:
+        raise ValueError(f"{len(images_uint8)} images are too few to score; use at least {2 * NEAREST_K}")
+    scores = _summary(images_uint8, classifier, reference)
+    scores["num_samples"] = len(images_uint8)
+    for name, value in reference.floor_for(len(images_uint8), classifier).items():
         scores[f"{name}_floor"] = value
-    scores["floor_num_samples"] = min(len(feats), FLOOR_SIZE)
+    scores["floor_num_samples"] = min(len(images_uint8), FLOOR_SIZE)
     return scores
 
 
-def _fingerprint(model) -> str:
+def judge_fingerprint(model) -> str:
     h = hashlib.sha1()
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
@@ -185,34 +213,51 @@ def _fingerprint(model) -> str:
     return h.hexdigest()
 
 
+def _write_atomic(path, data: bytes):
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    tmp.replace(path)  # concurrent readers see the old file or the new one
+
+
 def get_reference(dataset="ylecun/mnist", data_dir=None, classifier=None) -> Reference:
-    """Test features + floor for `dataset`, cached beside the classifier (and tied to its weights)."""
-    from pipeline.classifier import classifier_dir, get_classifier, predict
+    """Test-split statistics + the 10,000-image floor for `dataset`, cached beside the judge (tied to its weights)."""
+    from pipeline.classifier import JudgeFeatures, classifier_dir, get_classifier, predict
     from pipeline.data import load_digits
+
     if classifier is None:
         classifier = get_classifier(dataset, data_dir)
-    path = classifier_dir(dataset) / REFERENCE_FILE
-    fingerprint = _fingerprint(classifier)
+    folder = classifier_dir(dataset)
+    path = folder / REFERENCE_FILE
+    fingerprint = judge_fingerprint(classifier)
+
+    def train_images():
+        return load_digits("train", dataset=dataset, data_dir=data_dir)[0][:FLOOR_SIZE]
+
     if path.is_file():
         with np.load(path) as z:
-            if str(z["fingerprint"]) == fingerprint and "train_features" in z:  # older caches lack them
-                return Reference(z["test_features"], json.loads(str(z["floor"])), z["train_features"], z["train_logits"])
+            if str(z["fingerprint"]) == fingerprint:
+                return Reference(z["test_features"], {k: z[k] for k in FID_REAL_STATES}, json.loads(str(z["floor"])),
+                                 folder, train_images)
+    (folder / FLOORS_FILE).unlink(missing_ok=True)  # floors of another judge
 
     test_x, _ = load_digits("test", dataset=dataset, data_dir=data_dir)
-    train_x, _ = load_digits("train", dataset=dataset, data_dir=data_dir)
     test_feats, _ = predict(classifier, test_x)
-    train_feats, train_logits = predict(classifier, train_x[:FLOOR_SIZE])
-    floor = _summary(train_feats, train_logits, test_feats)
-    floor.pop("class_histogram")
-    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npz")
-    np.savez(tmp, test_features=test_feats, floor=json.dumps(floor), fingerprint=fingerprint,
-             train_features=train_feats, train_logits=train_logits)
-    tmp.replace(path)  # atomic: concurrent readers see the old file or the new one
-    return Reference(test_feats, floor, train_feats, train_logits)
+    fid = fid_metric(JudgeFeatures(classifier))
+    with torch.no_grad():
+        for i in range(0, len(test_x), BATCH):
+            fid.update(torch.as_tensor(test_x[i:i + BATCH]), real=True)
+    real_state = {k: getattr(fid, k).cpu().numpy() for k in FID_REAL_STATES}
+    reference = Reference(test_feats, real_state, {}, folder, train_images)
+    reference.floor = _summary(train_images(), classifier, reference)
+    reference.floor.pop("class_histogram")
+    buf = io.BytesIO()
+    np.savez(buf, test_features=test_feats, floor=json.dumps(reference.floor), fingerprint=fingerprint, **real_state)
+    _write_atomic(path, buf.getvalue())
+    return reference
 
 
 # -----------------------------------------------------------------------------
-# python -m pipeline.metrics: the floor by sample size, to read a score taken on fewer digits
+# python -m pipeline.metrics: the floor by sample size, to read a score taken on fewer images
 
 def main(argv=None):
     import argparse
@@ -220,7 +265,7 @@ def main(argv=None):
     from pipeline.classifier import classifier_accuracy, get_classifier
     from pipeline.errors import UserError
     p = argparse.ArgumentParser(prog="python -m pipeline.metrics",
-                                description="What N real training digits score against the test split, per N.")
+                                description="What N real training images score against the test split, per N.")
     p.add_argument("--sizes", default="1000,2000,5000,10000", help="comma-separated sample sizes (10 to 10000)")
     p.add_argument("--dataset", default="ylecun/mnist", help="picks the judge, as in pipeline.evaluate")
     p.add_argument("--data_dir", default=None, help="folder with the four IDX files, if the Hub is unreachable")
@@ -231,15 +276,17 @@ def main(argv=None):
         raise UserError(f"--sizes {args.sizes!r} is not a list of integers; write e.g. --sizes 1000,2000,10000")
     if not all(10 <= n <= FLOOR_SIZE for n in sizes):
         raise UserError(f"--sizes {args.sizes} must lie between 10 and {FLOOR_SIZE:,}; the floor uses the first "
-                        f"{FLOOR_SIZE:,} training digits")
+                        f"{FLOOR_SIZE:,} training images")
     classifier = get_classifier(args.dataset, args.data_dir)
     reference = get_reference(args.dataset, args.data_dir, classifier)
     print(f"real-data floor of {args.dataset} (judge test accuracy {classifier_accuracy(args.dataset):.2%}): "
-          f"N of the first {FLOOR_SIZE:,} training digits (a fixed random pick) against the test split")
-    print(f"{'N':>7}{'FID':>9}{'precision':>11}{'recall':>9}{'KL to uniform':>15}")
+          f"N of the first {FLOOR_SIZE:,} training images (a fixed random pick) against the test split")
+    print(f"{'N':>7}{'FID':>9}{'KID':>10}{'precision':>11}{'recall':>9}{'density':>9}{'coverage':>10}"
+          f"{'KL to uniform':>15}")
     for n in sizes:
-        f = reference.floor_for(n)
-        print(f"{n:>7}{f['fid']:9.4g}{f['precision']:11.4f}{f['recall']:9.4f}{f['kl_to_uniform']:15.4f}")
+        f = reference.floor_for(n, classifier)
+        print(f"{n:>7}{f['fid']:9.4g}{f['kid']:10.2g}{f['precision']:11.4f}{f['recall']:9.4f}{f['density']:9.4f}"
+              f"{f['coverage']:10.4f}{f['kl_to_uniform']:15.4f}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import torch
 from diffusers import UNet2DModel
 
 from pipeline.autoencoder import CABAutoencoder
-from pipeline.classifier import ACCURACY_FILE, DigitClassifier, dataset_key
+from pipeline.classifier import ACCURACY_FILE, ARCHITECTURE, build_classifier, dataset_key
 from pipeline.config import AutoencoderTrainConfig, LatentDDPMTrainConfig, parse_config
 from pipeline.errors import UserError
 from pipeline.evaluate import evaluate_pipeline, sample_digits
@@ -35,7 +35,8 @@ NULL_LABEL = 10
 ROW_KEYS = {"guidance_scale": float, "class_accuracy": float, "per_class_accuracy": list, "fid": float,
             "precision": float, "recall": float, "kl_to_uniform": float, "mean_confidence": float,
             "class_histogram": list, "sampling_seconds": float}
-FLOOR_KEYS = {"fid", "precision", "recall", "kl_to_uniform", "mean_confidence", "class_accuracy"}
+FLOOR_KEYS = {"fid", "kid", "precision", "recall", "density", "coverage", "kl_to_uniform", "mean_confidence",
+              "class_accuracy"}
 
 
 def _train_script():
@@ -68,9 +69,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def stub_judge(tmp_path_factory):
     """A cache root holding an untrained MNIST judge where get_classifier looks, so nothing trains one."""
     root = tmp_path_factory.mktemp("stub_judge_cache")
-    folder = root / "classifier" / dataset_key("ylecun/mnist")
+    folder = root / "judge" / ARCHITECTURE / dataset_key("ylecun/mnist")
     torch.manual_seed(0)
-    DigitClassifier().eval().save_pretrained(folder, safe_serialization=True)
+    build_classifier(channels=1, classes=10, size=28).eval().save_pretrained(folder)
     (folder / ACCURACY_FILE).write_text(json.dumps({"dataset": "ylecun/mnist", "test_accuracy": 0.1}))
     return root
 

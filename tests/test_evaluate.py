@@ -29,7 +29,10 @@ METRIC_KEYS = {
     "num_inference_steps": int, "seed": int, "sampling_seconds": float, "digits_per_second": float,
     "classifier_accuracy": float, "floor_num_samples": int, "fid_reconstructed": float,
     "precision_reconstructed": float, "recall_reconstructed": float, "kl_to_uniform_reconstructed": float,
-    "mean_confidence_reconstructed": float,
+    "mean_confidence_reconstructed": float, "kid": float, "kid_std": float, "kid_floor": float, "density": float,
+    "density_floor": float, "coverage": float, "coverage_floor": float, "kid_reconstructed": float,
+    "density_reconstructed": float, "coverage_reconstructed": float, "classifier_fingerprint": str,
+    "classifier_architecture": str,
 }
 
 
