@@ -333,3 +333,23 @@ def test_autoencoder_steps_scores_every_checkpoint_and_the_saved_model(tiny_auto
 
     bad = subprocess.run([*cmd[:4], str(mnist_dir)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "is not a finished autoencoder run" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_ddim_eta_travels_in_a_benchmark_spec_to_each_sampling_call(tmp_path):
+    """`ddim:eta=1` samples DDIM with eta 1 (fresh noise each step), `ddim` with eta 0; other options stay."""
+    from benchmarks.sampling import LatentSampler, split_eta
+    from benchmarks.solvers import over_seeds, solver_spec
+    from pipeline.export import save_pipeline_folder
+    from test_conditional import tiny_pipe
+
+    assert split_eta("ddim:eta=1,timestep_spacing=leading") == ("ddim:timestep_spacing=leading", 1.0)
+    assert split_eta("dpm:algorithm_type=sde-dpmsolver++") == ("dpm:algorithm_type=sde-dpmsolver++", 0.0)
+    assert solver_spec("ddim:eta=0.5") == "ddim:eta=0.5"
+    save_pipeline_folder(tiny_pipe(conditional=False), tmp_path / "pipe")
+    sampler = LatentSampler(tmp_path / "pipe", torch.device("cpu"))
+    draw = {spec: sampler(batch_size=4, num_inference_steps=3, scheduler=spec, generator=torch.manual_seed(0))
+            for spec in ("ddim", "ddim:eta=0", "ddim:eta=1")}
+    assert (draw["ddim"] == draw["ddim:eta=0"]).all() and not (draw["ddim"] == draw["ddim:eta=1"]).all()
+    mean = over_seeds([{"fid": 2.0, "precision": 0.5, "recall": 0.4, "digits_per_s": 10.0},
+                       {"fid": 4.0, "precision": 0.7, "recall": 0.6, "digits_per_s": 30.0}])
+    assert mean["fid"] == 3.0 and mean["fid_per_seed"] == [2.0, 4.0] and mean["digits_per_s"] == 20.0
