@@ -16,6 +16,7 @@ Everything else (checkpoints, exact resume, signals, locks, non-finite losses, l
 """
 
 import copy
+import inspect
 import json
 import logging
 import os
@@ -140,7 +141,9 @@ def register_target_hooks(accelerator, ema, target, student):
 
 def lcm_scheduler(teacher_scheduler, cfg) -> LCMScheduler:
     """The student's scheduler, built from the teacher's config: same betas, prediction type, no clipping."""
-    return LCMScheduler.from_config(teacher_scheduler.config, original_inference_steps=cfg.num_ddim_timesteps,
+    accepted = inspect.signature(LCMScheduler.__init__).parameters  # DDPM's variance_type would only be warned about
+    config = {k: v for k, v in teacher_scheduler.config.items() if k in accepted}
+    return LCMScheduler.from_config(config, original_inference_steps=cfg.num_ddim_timesteps,
                                     timestep_scaling=cfg.timestep_scaling, clip_sample=False)
 
 
