@@ -22,7 +22,7 @@ import torch
 
 from benchmarks.report import same_size_floor
 from benchmarks.common import (add_commit_option, hardware, int_list, machine_name, pipeline_folder, provenance,
-                               save_result)
+                               save_result, seed_list)
 from benchmarks.sampling import LatentSampler, check_schedulers, quality, split_eta
 from pipeline.evaluate import scheduler_spec
 
@@ -46,7 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--output", default="benchmarks/results", help="folder for the .json and .md")
     p.add_argument("--name", help="file stem (default solvers-<gpu|cpu>-<date>)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--seeds", type=int_list, help="several sample seeds, comma-separated (overrides --seed)")
+    p.add_argument("--seeds", type=seed_list, help="several sample seeds, comma-separated (overrides --seed)")
     add_commit_option(p)
     return p.parse_args(argv)
 
