@@ -155,3 +155,16 @@ def test_consistency_function_meets_the_boundary_and_matches_lcm_sampling():
     t = lcm.timesteps[0]
     want = lcm.step(out[:1], t, x[:1]).prev_sample
     assert torch.allclose(consistency(lcm, grid, out[:1], t.reshape(1), x[:1]), want, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_distillation_on_two_processes_under_accelerate_launch_and_its_resume(mnist_dir, teacher, tmp_path):
+    from test_distributed import launch
+
+    args = distill_args(mnist_dir, teacher, tmp_path / "ddp", extra=["--checkpointing_steps", "5", "--skip_figures"])
+    log = launch("accelerate", "distill_latent_ddpm.py", args + ["--max_train_steps", "5"])
+    assert "training on 2 process(es)" in log and "weights identical on all 2 processes" in log
+    log = launch("accelerate", "distill_latent_ddpm.py", args + ["--max_train_steps", "10",
+                                                                 "--resume_from_checkpoint", "latest"])
+    assert "resumed from" in log and "checkpoint-5" in log and "weights identical on all 2 processes" in log
+    assert (tmp_path / "ddp" / "model_index.json").is_file() and (tmp_path / "ddp" / "checkpoint-10").is_dir()
