@@ -168,3 +168,36 @@ def test_distillation_on_two_processes_under_accelerate_launch_and_its_resume(mn
                                                                  "--resume_from_checkpoint", "latest"])
     assert "resumed from" in log and "checkpoint-5" in log and "weights identical on all 2 processes" in log
     assert (tmp_path / "ddp" / "model_index.json").is_file() and (tmp_path / "ddp" / "checkpoint-10").is_dir()
+
+
+def test_guidance_is_folded_into_the_target_of_a_class_conditional_teacher():
+    """With labels the teacher is called for the conditional and the null label and the target moves with
+    guidance_scale; the student is called once. Dropped labels (null) get no guidance."""
+    import copy
+
+    from pipeline.config import DistillConfig, parse_config
+    from pipeline.distill import DDIMGrid, distill_loss, lcm_scheduler
+    from pipeline.schedulers import make_train_scheduler
+    from test_conditional import tiny_unet
+
+    ddpm = make_train_scheduler(1000, "squaredcos_cap_v2", "v_prediction")
+    teacher = tiny_unet(num_class_embeds=11).eval()
+    student, target = copy.deepcopy(teacher), copy.deepcopy(teacher)
+    latents, labels = torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(6)
+    calls = []
+    teacher.register_forward_hook(lambda m, args, kwargs, out: calls.append(kwargs["class_labels"].tolist()),
+                                  with_kwargs=True)
+
+    def loss(scale, dropout=0.0):
+        cfg = parse_config(DistillConfig, ["--guidance_scale", str(scale), "--class_dropout", str(dropout)])
+        grid = DDIMGrid(ddpm, cfg.num_ddim_timesteps, "cpu")
+        with torch.no_grad():
+            return distill_loss(cfg, grid, lcm_scheduler(ddpm, cfg), ddpm, teacher, student, target, latents, labels,
+                                10, torch.Generator().manual_seed(1)).item()
+
+    plain, guided = loss(1.0), loss(3.0)
+    assert calls == [list(range(6)), list(range(6)), [10] * 6]  # one pass without guidance, two with it
+    assert plain != guided and all(map(lambda x: x == x, (plain, guided)))
+    calls.clear()
+    loss(3.0, dropout=0.999)  # every label dropped: cond and uncond are the same pass, so the target is unguided
+    assert calls[0] == [10] * 6 and calls[1] == [10] * 6
