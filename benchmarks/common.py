@@ -39,6 +39,14 @@ def int_list(text):
     return values
 
 
+def seed_list(text):
+    """argparse type for comma-separated seeds (0 allowed): --seeds 0,1."""
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 0,1; got {text!r}")
+
+
 def add_commit_option(parser):
     """--commit, for every benchmark script that records the commit it measured (see git_state)."""
     parser.add_argument("--commit", help="git commit to record instead of asking git (a copied repo may have "

@@ -21,6 +21,16 @@ QUALITY_KEYS = ("fid", "precision", "recall", "kl_to_uniform", "mean_confidence"
                 "fid_floor", "precision_floor", "recall_floor", "floor_num_samples")
 
 
+def split_eta(spec: str):
+    """"ddim:eta=1,timestep_spacing=leading" -> ("ddim:timestep_spacing=leading", 1.0): DDIM's eta is an argument
+    of each sampling call, not of the scheduler, so a benchmark spec carries it beside the scheduler's options."""
+    name, _, rest = spec.partition(":")
+    options = [o for o in rest.split(",") if o]
+    etas = [float(o.split("=", 1)[1]) for o in options if o.replace(" ", "").startswith("eta=")]
+    kept = [o for o in options if not o.replace(" ", "").startswith("eta=")]
+    return name + (":" + ",".join(kept) if kept else ""), (etas[-1] if etas else 0.0)
+
+
 class LatentSampler:
     """The project's pipeline, loaded from its folder as users load it, with a scheduler by name."""
 
@@ -50,10 +60,11 @@ class LatentSampler:
         from pipeline.data import to_uint8
         from pipeline.schedulers import with_scheduler  # "dpm": DPM-Solver++, trailing spacing; "ddpm": no clipping
 
-        if scheduler not in self._copies:
-            self._copies[scheduler] = with_scheduler(self.pipe, scheduler)
-        images = self._copies[scheduler](batch_size=batch_size, generator=generator, output_type="np",
-                                         num_inference_steps=num_inference_steps).images  # float (N, 28, 28, 1)
+        spec, eta = split_eta(scheduler)
+        if spec not in self._copies:
+            self._copies[spec] = with_scheduler(self.pipe, spec)
+        images = self._copies[spec](batch_size=batch_size, generator=generator, output_type="np", eta=eta,
+                                    num_inference_steps=num_inference_steps).images  # float (N, 28, 28, 1)
         return to_uint8(images[..., 0])
 
 
@@ -64,7 +75,7 @@ def check_schedulers(sampler, specs, steps):
     for spec in specs:
         for n in steps:
             try:
-                check_steps(spec, sampler.pipe.scheduler.config, n)
+                check_steps(split_eta(spec)[0], sampler.pipe.scheduler.config, n)
             except ValueError as e:
                 sys.exit(f"error: {e}")
 

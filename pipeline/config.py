@@ -180,6 +180,44 @@ class LatentDDPMTrainConfig(TrainConfig):
             raise UserError("push_to_hub needs a repo: pass --hub_model_id user/name")
 
 
+@dataclass
+class DistillConfig(TrainConfig):
+    """Consistency distillation of a trained pipeline folder (distill_latent_ddpm.py; pipeline/distill.py)."""
+
+    output_dir: str = option("runs/distill", "the run folder: it ends up a complete pipeline folder with LCMScheduler")
+    teacher: str = option("runs/latent_ddpm", "a pipeline folder of train_latent_ddpm.py: the frozen teacher")
+    learning_rate: float = option(2e-4, "peak learning rate; the student starts from the teacher's weights")
+    max_train_steps: int = option(1500, "optimizer steps of the student")
+    num_ddim_timesteps: int = option(50, "the DDIM grid the teacher solves on (skip = 1000 / this); the most steps "
+                                         "the student can sample with (LCMScheduler's original_inference_steps)")
+    guidance_scale: float = option(1.0, "class-conditional teachers: classifier-free guidance folded into the target")
+    class_dropout: float = option(0.1, "class-conditional: fraction of labels dropped, so the student keeps a null label")
+    ema_decay: float = option(0.95, "decay of the target network, an EMA of the student (diffusers' LCM recipe)")
+    huber_c: float = option(0.001, "pseudo-Huber loss constant: sqrt(d^2 + c^2) - c")
+    timestep_scaling: float = option(10.0, "c_skip/c_out boundary scalings at t * this (LCMScheduler's default)")
+    save_images_steps: int = option(500, "1-, 2- and 4-step sample grids to TensorBoard this often")
+    eval_steps: list = option(factory=lambda: [1, 2, 4], help="student step counts scored and drawn at the end")
+    default_steps: int = option(2, "what pipe() samples with when given no num_inference_steps (docs/fast_sampling.md)")
+    eval_num_samples: int = option(2000, "score this many samples per step count at the end; 0 skips it")
+
+    def validate(self):
+        super().validate()
+        if not 2 <= self.num_ddim_timesteps <= 1000:
+            raise UserError(f"num_ddim_timesteps must be in [2, 1000], got {self.num_ddim_timesteps}")
+        if self.guidance_scale < 1:
+            raise UserError(f"guidance_scale must be >= 1 (1: no guidance), got {self.guidance_scale}")
+        if not 0 <= self.class_dropout < 1 or not 0 <= self.ema_decay < 1 or self.huber_c <= 0:
+            raise UserError("class_dropout and ema_decay must be in [0, 1) and huber_c > 0")
+        if self.eval_num_samples < 0 or self.save_images_steps < 1:
+            raise UserError("eval_num_samples must be >= 0 and save_images_steps >= 1")
+        bad = [s for s in self.eval_steps if not isinstance(s, int) or not 1 <= s <= self.num_ddim_timesteps]
+        if not 1 <= self.default_steps <= self.num_ddim_timesteps:
+            bad.append(self.default_steps)
+        if not self.eval_steps or bad:
+            raise UserError(f"eval_steps and default_steps must be step counts from 1 to num_ddim_timesteps "
+                            f"({self.num_ddim_timesteps}): the student's grid has no more; got {bad or self.eval_steps}")
+
+
 # ---------------------------------------------------------------------------------------
 # Loading: defaults <- YAML <- command line
 

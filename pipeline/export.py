@@ -56,7 +56,8 @@ class UploadPlan(NamedTuple):
 
 
 def save_pipeline_folder(pipe, output_dir, metrics: dict | None = None, sample_grid_path: str | None = None,
-                         dataset: str = "ylecun/mnist", license: str = "mit", repo_id: str | None = None) -> Path:
+                         dataset: str = "ylecun/mnist", license: str = "mit", repo_id: str | None = None,
+                         distillation: dict | None = None) -> Path:
     """Save `pipe` (a LatentDDPMPipeline) as a complete, self-describing pipeline folder; returns its path."""
     if type(pipe).__name__ != PIPELINE_CLASS or type(pipe.autoencoder).__name__ != AUTOENCODER_CLASS:
         raise ValueError(f"expected a {PIPELINE_CLASS} with a {AUTOENCODER_CLASS}, got {type(pipe).__name__}")
@@ -71,7 +72,7 @@ def save_pipeline_folder(pipe, output_dir, metrics: dict | None = None, sample_g
         index["_class_name"] = [PIPELINE_MODULE, PIPELINE_CLASS]
         index["autoencoder"] = [AUTOENCODER_MODULE, AUTOENCODER_CLASS]
         index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    return write_model_card(pipe, out, metrics, sample_grid_path, dataset, license, repo_id)
+    return write_model_card(pipe, out, metrics, sample_grid_path, dataset, license, repo_id, distillation)
 
 
 @contextmanager
@@ -91,9 +92,11 @@ def staged(output_dir, name):
 
 
 def write_model_card(pipe, output_dir, metrics: dict | None = None, sample_grid_path: str | None = None,
-                     dataset: str = "ylecun/mnist", license: str = "mit", repo_id: str | None = None) -> Path:
-    """(Re)write the model card of a saved pipeline folder, with `metrics` and the sample grid if given;
-    the weights are left alone. Written under a temporary name and renamed, so it is never half a file."""
+                     dataset: str = "ylecun/mnist", license: str = "mit", repo_id: str | None = None,
+                     distillation: dict | None = None) -> Path:
+    """(Re)write the model card of a saved pipeline folder, with `metrics` and the sample grid if given, and for
+    a consistency-distilled student (`distillation`: teacher, settings, scores per step count) how it was made
+    and how it samples; the weights are left alone. Written under a temporary name and renamed, so it is never half a file."""
     if sample_grid_path is not None and not os.path.isfile(sample_grid_path):
         raise FileNotFoundError(f"sample grid {sample_grid_path} does not exist")
     out = Path(output_dir)
@@ -101,7 +104,10 @@ def write_model_card(pipe, output_dir, metrics: dict | None = None, sample_grid_
         shutil.copyfile(sample_grid_path, out / SAMPLE_GRID)  # (a training run may have drawn it there already)
     tmp = out / "README.md.tmp"
     try:
-        tmp.write_text(_model_card(pipe, metrics, sample_grid_path is not None, dataset, license, repo_id))
+        card = _model_card(pipe, metrics, sample_grid_path is not None, dataset, license, repo_id)
+        if distillation is not None:
+            card = _student_card(card, pipe, distillation, repo_id)
+        tmp.write_text(card)
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
@@ -172,6 +178,43 @@ def _model_card(pipe, metrics, has_grid, dataset, license, repo_id) -> str:
         " (commit hash) so later changes to the repository cannot change the code you run.", "",
     ]
     return "\n".join(lines)
+
+
+def _student_card(card: str, pipe, d: dict, repo_id=None) -> str:
+    """A teacher's card turned into its consistency-distilled student's: LCMScheduler usage, how it was made."""
+    start, end = card.index("## Usage"), card.index("`output_type=")
+    conditional = pipe.unet.config.num_class_embeds is not None
+    usage = [
+        "## Usage", "",
+        f"A consistency-distilled student of `{d['teacher']}`: it samples with the saved `LCMScheduler` in 1 to"
+        f" {d['num_ddim_timesteps']} steps, one UNet call per step. Other schedulers read its output as a"
+        " denoiser's and give poor digits (the pipeline warns).", "",
+        "```python", "import torch", "from diffusers import DiffusionPipeline", "",
+        f"pipe = DiffusionPipeline.from_pretrained(\"{repo_id or 'path/to/this/folder'}\", trust_remote_code=True)",
+        f"images = pipe(batch_size=16, generator=torch.Generator().manual_seed(0)).images  # {d['default_steps']} steps",
+        "images = pipe(batch_size=16, num_inference_steps=1).images  # 1 to the grid's steps",
+    ]
+    if conditional:
+        usage += [f"threes = pipe(class_labels=[3] * 8).images  # guidance {d['guidance_scale']}"
+                  " is built in: leave guidance_scale at 1"]
+    usage += ["```", "", ""]
+    keys = ["teacher", "num_ddim_timesteps", "guidance_scale", "default_steps", "max_train_steps", "train_batch_size", "learning_rate",
+            "ema_decay", "huber_c", "timestep_scaling", "distillation_seconds", "teacher_training_seconds"]
+    made = ["## Consistency distillation", "",
+            "Distilled with `distill_latent_ddpm.py` (diffusers' latent-consistency recipe: DDIM steps of the frozen"
+            " teacher on a skipping grid, c_skip/c_out boundary scalings, an EMA target network, pseudo-Huber loss;"
+            " classifier-free guidance folded into the target at `guidance_scale`).", "",
+            "| setting | value |", "| --- | --- |", *[f"| {k} | {d.get(k)} |" for k in keys], ""]
+    if d.get("scores"):
+        made += ["Scored by this project's evaluation (`pipeline.evaluate`: the features of a small MNIST classifier,"
+                 " not Inception), against as many real digits (the floor):", "",
+                 "| steps | FID | precision | recall | FID floor | precision floor | recall floor |",
+                 "| --- | --- | --- | --- | --- | --- | --- |"]
+        made += [f"| {n} | {s['fid']:.3f} | {s['precision']:.3f} | {s['recall']:.3f} | {s['fid_floor']:.3f} | "
+                 f"{s['precision_floor']:.3f} | {s['recall_floor']:.3f} |" for n, s in d["scores"].items()]
+        made += [""]
+    rest = card[end:]
+    return card[:start] + "\n".join(usage + made) + "\n" + rest
 
 
 def _list_files(folder: Path) -> list[str]:

@@ -15,6 +15,7 @@ import importlib
 import inspect
 import json
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,9 +135,14 @@ class LatentDDPMPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "unet->autoencoder"
     _callback_tensor_inputs = ["latents"]
 
-    def __init__(self, unet: UNet2DModel, autoencoder: ModelMixin, scheduler: SchedulerMixin):
+    def __init__(self, unet: UNet2DModel, autoencoder: ModelMixin, scheduler: SchedulerMixin,
+                 consistency_distilled: bool = False, default_num_inference_steps: int = 50):
         super().__init__()
         self.register_modules(unet=unet, autoencoder=autoencoder, scheduler=scheduler)
+        # A consistency-distilled UNet (distill_latent_ddpm.py) predicts the end of the trajectory: LCMScheduler only.
+        # `pipe()` without num_inference_steps takes the folder's saved default (a student: its few steps).
+        self.register_to_config(consistency_distilled=consistency_distilled,
+                                default_num_inference_steps=default_num_inference_steps)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -160,10 +166,14 @@ class LatentDDPMPipeline(DiffusionPipeline):
         with open(os.path.join(folder, "scheduler", "scheduler_config.json")) as f:
             scheduler_cls = getattr(importlib.import_module("diffusers"), json.load(f)["_class_name"])
         torch_dtype = kwargs.get("torch_dtype")
+        with open(os.path.join(folder, "model_index.json")) as f:
+            index = json.load(f)
+        saved = {k: index[k] for k in ("consistency_distilled", "default_num_inference_steps") if k in index}
         pipe = cls(
             unet=_load_component(UNet2DModel, folder, "unet", torch_dtype),
             autoencoder=_load_component(autoencoder_cls, folder, "autoencoder", torch_dtype),
             scheduler=scheduler_cls.from_pretrained(folder, subfolder="scheduler"),
+            **saved,
         )
         pipe.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
         return pipe
@@ -257,13 +267,26 @@ class LatentDDPMPipeline(DiffusionPipeline):
         pad = (self.autoencoder.config.sample_size - DIGIT_SIZE) // 2
         return image[:, :, pad : pad + DIGIT_SIZE, pad : pad + DIGIT_SIZE]
 
+    def _check_consistency_scheduler(self, num_inference_steps):
+        """LCMScheduler samples on the distillation's grid, so it cannot take more steps than the grid has; any
+        other scheduler reads a consistency student's output as a denoiser's, and the digits come out poor."""
+        lcm = type(self.scheduler).__name__ == "LCMScheduler"
+        grid = self.scheduler.config.get("original_inference_steps") if lcm else None
+        if grid is not None and num_inference_steps > grid:
+            raise ValueError(f"`num_inference_steps` ({num_inference_steps}) is more than the {grid} steps of this "
+                             f"consistency model's grid (LCMScheduler's original_inference_steps); use 1 to {grid}.")
+        if self.config.get("consistency_distilled") and not lcm:
+            warnings.warn(f"this UNet is consistency-distilled: each call predicts a clean latent, which "
+                          f"{type(self.scheduler).__name__} reads as a denoising step, so its digits will be poor; "
+                          "sample with LCMScheduler.from_config(pipe.scheduler.config)", stacklevel=3)
+
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         batch_size: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        num_inference_steps: int = 50,
+        num_inference_steps: int | None = None,
         eta: float = 0.0,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -283,8 +306,9 @@ class LatentDDPMPipeline(DiffusionPipeline):
                 with a list of `class_labels` alone, the labels do.
             generator (`torch.Generator` or a list of them, *optional*):
                 The noise source; the same seed gives the same digits.
-            num_inference_steps (`int`, defaults to 50):
-                Denoising steps. With DPM-Solver++ or UniPC 10 to 20 are enough; DDPM needs hundreds.
+            num_inference_steps (`int`, *optional*):
+                Denoising steps; by default the folder's `default_num_inference_steps` (50, or a distilled student's
+                few). With DPM-Solver++ or UniPC 10 to 20 are enough; DDPM needs hundreds; LCMScheduler 1 to 4.
             eta (`float`, defaults to 0.0):
                 DDIM's eta (0: deterministic); schedulers whose `step` takes no `eta` ignore it.
             output_type (`str`, defaults to `"pil"`):
@@ -318,6 +342,8 @@ class LatentDDPMPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
 
         # 0. Check the inputs; the images, if any, set the batch, else a list of labels alone does
+        if num_inference_steps is None:
+            num_inference_steps = self.config.get("default_num_inference_steps", 50)
         self.check_inputs(batch_size, num_inference_steps, strength, image, output_type, class_labels,
                           callback_on_step_end_tensor_inputs)
         if image is not None:
@@ -337,6 +363,7 @@ class LatentDDPMPipeline(DiffusionPipeline):
             labels = torch.cat([torch.full_like(labels, self.unet.config.num_class_embeds - 1), labels])
 
         # 1. Set the timesteps (img2img keeps only the last `strength` fraction)
+        self._check_consistency_scheduler(num_inference_steps)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         if repeats_timesteps(self.scheduler):

@@ -15,6 +15,7 @@ from diffusers import (
     DDPMScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
+    LCMScheduler,
     UniPCMultistepScheduler,
 )
 
@@ -26,6 +27,7 @@ SCHEDULERS = {
     "dpm": DPMSolverMultistepScheduler,  # used as DPM-Solver++ (algorithm_type="dpmsolver++")
     "unipc": UniPCMultistepScheduler,
     "euler": EulerDiscreteScheduler,
+    "lcm": LCMScheduler,  # consistency-distilled students only (distill_latent_ddpm.py)
 }
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -117,7 +119,8 @@ def make_train_scheduler(num_train_timesteps: int = 1000, beta_schedule: str = "
 
 def with_scheduler(pipe, spec):
     """A copy of `pipe` sampling with another scheduler (a make_scheduler spec); `pipe` itself is untouched."""
-    other = type(pipe)(**pipe.components)
+    _, optional = pipe._get_signature_keys(pipe)  # flags such as consistency_distilled travel with the copy
+    other = type(pipe)(**pipe.components, **{k: pipe.config[k] for k in optional if k in pipe.config})
     other.scheduler = make_scheduler(spec, pipe.scheduler.config)
     other.set_progress_bar_config(disable=True)
     return other

@@ -333,3 +333,54 @@ def test_autoencoder_steps_scores_every_checkpoint_and_the_saved_model(tiny_auto
 
     bad = subprocess.run([*cmd[:4], str(mnist_dir)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "is not a finished autoencoder run" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_ddim_eta_travels_in_a_benchmark_spec_to_each_sampling_call(tmp_path):
+    """`ddim:eta=1` samples DDIM with eta 1 (fresh noise each step), `ddim` with eta 0; other options stay."""
+    from benchmarks.sampling import LatentSampler, split_eta
+    from benchmarks.solvers import over_seeds, solver_spec
+    from pipeline.export import save_pipeline_folder
+    from test_conditional import tiny_pipe
+
+    assert split_eta("ddim:eta=1,timestep_spacing=leading") == ("ddim:timestep_spacing=leading", 1.0)
+    assert split_eta("dpm:algorithm_type=sde-dpmsolver++") == ("dpm:algorithm_type=sde-dpmsolver++", 0.0)
+    assert solver_spec("ddim:eta=0.5") == "ddim:eta=0.5"
+    save_pipeline_folder(tiny_pipe(conditional=False), tmp_path / "pipe")
+    sampler = LatentSampler(tmp_path / "pipe", torch.device("cpu"))
+    draw = {spec: sampler(batch_size=4, num_inference_steps=3, scheduler=spec, generator=torch.manual_seed(0))
+            for spec in ("ddim", "ddim:eta=0", "ddim:eta=1")}
+    assert (draw["ddim"] == draw["ddim:eta=0"]).all() and not (draw["ddim"] == draw["ddim:eta=1"]).all()
+    mean = over_seeds([{"fid": 2.0, "precision": 0.5, "recall": 0.4, "digits_per_s": 10.0},
+                       {"fid": 4.0, "precision": 0.7, "recall": 0.6, "digits_per_s": 30.0}])
+    assert mean["fid"] == 3.0 and mean["fid_per_seed"] == [2.0, 4.0] and mean["digits_per_s"] == 20.0
+
+
+def test_few_step_compares_teacher_and_student_on_the_same_judge(tmp_path, mnist_dir):
+    from pipeline.config import DistillConfig
+    from pipeline.distill import lcm_scheduler, student_pipeline
+    from pipeline.export import save_pipeline_folder
+    from pipeline.schedulers import make_train_scheduler
+    from test_conditional import tiny_pipe
+
+    teacher = tiny_pipe(conditional=False)
+    teacher.scheduler = make_train_scheduler(1000, "squaredcos_cap_v2", "v_prediction")
+    save_pipeline_folder(teacher, tmp_path / "teacher")
+    student = student_pipeline(teacher.unet, teacher.autoencoder, lcm_scheduler(teacher.scheduler, DistillConfig()))
+    save_pipeline_folder(student, tmp_path / "student")
+    cmd = [sys.executable, "-m", "benchmarks.few_step", "--teacher", str(tmp_path / "teacher"), "--student",
+           str(tmp_path / "student"), "--num_samples", "16", "--seeds", "0,1", "--batch_sizes", "4,8",
+           "--teacher_best_steps", "3", "--student_steps", "1,2", "--data_dir", str(mnist_dir),
+           "--output", str(tmp_path / "out"), "--name", "fs"]
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((tmp_path / "out" / "fs.json").read_text())
+    assert [(c["model"], c["scheduler"], c["steps"]) for c in r["cells"]] == [
+        ("teacher", "dpm:algorithm_type=sde-dpmsolver++", 3), ("teacher", "dpm", 10), ("teacher", "dpm", 20),
+        ("student", "lcm", 1), ("student", "lcm", 2)]
+    for c in r["cells"]:
+        assert len(c["per_seed"]) == 2 and c["fid"] == pytest.approx(np.mean([s["fid"] for s in c["per_seed"]]))
+        assert c["best_batch_size"] in (4, 8) and c["digits_per_s"] > 0 and c["per_seed"][0]["floor_num_samples"] == 16
+    assert r["hardware"]["cpu_count"] and r["git_commit"] and r["distillation_seconds"] is None
+    md = (tmp_path / "out" / "fs.md").read_text()
+    assert "| student | `lcm` | 2 |" in md and "Real-data floor at 16 digits" in md
+    assert imageio.imread(tmp_path / "out" / "fs_grid.png").ndim == 3

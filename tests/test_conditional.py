@@ -21,7 +21,7 @@ from diffusers import UNet2DModel
 
 from pipeline.autoencoder import CABAutoencoder
 from pipeline.classifier import ACCURACY_FILE, ARCHITECTURE, build_classifier, dataset_key
-from pipeline.config import AutoencoderTrainConfig, LatentDDPMTrainConfig, parse_config
+from pipeline.config import AutoencoderTrainConfig, DistillConfig, LatentDDPMTrainConfig, parse_config
 from pipeline.errors import UserError
 from pipeline.evaluate import evaluate_pipeline, sample_digits
 from pipeline.export import save_pipeline_folder
@@ -219,6 +219,8 @@ def test_guidance_scales_on_an_unconditional_pipeline_is_one_line(saved, tmp_pat
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_config_is_valid(path):
     cls = AutoencoderTrainConfig if "autoencoder" in path.stem else LatentDDPMTrainConfig
+    if path.stem.startswith("distill"):
+        cls = DistillConfig
     cfg = parse_config(cls, ["--config", str(path)])
     if path.stem.startswith("fashion"):
         assert cfg.dataset == "zalando-datasets/fashion_mnist" and cfg.output_dir.startswith("runs/fashion")
