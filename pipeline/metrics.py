@@ -34,13 +34,15 @@ FLOOR_SIZE = 10_000
 # reconstruction quality
 
 def psnr_ssim(originals, reconstructions) -> dict:
-    """Mean (and per-image) PSNR/SSIM of (N,28,28) images in [0,1] (uint8 is rescaled)."""
+    """Mean (and per-image) PSNR/SSIM of (N,28,28) images in [0,1] (uint8 is rescaled); colour images
+    ((N,3,H,W) or (N,H,W,3)) are scored over all channels (SSIM with channel_axis)."""
     a, b = _as_unit_float(originals), _as_unit_float(reconstructions)
     if a.shape != b.shape:
         raise ValueError(f"originals {a.shape} and reconstructions {b.shape} differ in shape")
     with np.errstate(divide="ignore"):  # identical images: PSNR is +inf, which is the truth
         psnr = np.array([peak_signal_noise_ratio(x, y, data_range=1.0) for x, y in zip(a, b)])
-    ssim = np.array([structural_similarity(x, y, data_range=1.0) for x, y in zip(a, b)])
+    colour = {"channel_axis": -1} if a.ndim == 4 else {}
+    ssim = np.array([structural_similarity(x, y, data_range=1.0, **colour) for x, y in zip(a, b)])
     return dict(psnr=float(psnr.mean()), ssim=float(ssim.mean()), num_images=len(a),
                 per_image_psnr=psnr, per_image_ssim=ssim)
 
@@ -48,6 +50,8 @@ def psnr_ssim(originals, reconstructions) -> dict:
 def _as_unit_float(images) -> np.ndarray:
     x = np.asarray(images)
     x = x.astype(np.float64) / 255.0 if x.dtype == np.uint8 else x.astype(np.float64)
+    if x.ndim == 4 and 3 in (x.shape[1], x.shape[-1]):  # colour -> (N,H,W,3)
+        return x if x.shape[-1] == 3 else x.transpose(0, 2, 3, 1)
     return x.reshape(len(x), *x.shape[-2:])  # (N,1,H,W) / (N,H,W,1) / (N,H,W) -> (N,H,W)
 
 
