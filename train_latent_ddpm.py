@@ -244,13 +244,18 @@ def final_pipeline(accelerator, unet, ema, autoencoder, noise_scheduler, class_n
                          class_names)
 
 
+def card_dataset(cfg):
+    """The Hub dataset the model card names; None for a local image folder."""
+    return None if cfg.train_data_dir else cfg.dataset
+
+
 def finish(pipe, cfg, out, loss_log, clock, stop):
     from pipeline.evaluate import evaluate_pipeline
     from pipeline.export import push_folder, save_pipeline_folder, write_model_card
     from pipeline.figures import pipeline_figures
 
     # The trained model is saved before anything that could fail (pictures, evaluation).
-    training.save_or_explain(lambda: save_pipeline_folder(pipe, out, dataset=cfg.dataset), out, "the pipeline")
+    training.save_or_explain(lambda: save_pipeline_folder(pipe, out, dataset=card_dataset(cfg)), out, "the pipeline")
     print(f"pipeline saved to {out}")
     clock.lap("saving", saved=True)
     stop.model_saved(out)  # a stop signal from here on ends the run at once: the pipeline is safe
@@ -268,7 +273,7 @@ def finish(pipe, cfg, out, loss_log, clock, stop):
     # The model card again, now with the sample grid and the measured metrics.
     grid = out / "samples.png"
     write_model_card(pipe, out, metrics=metrics, sample_grid_path=str(grid) if grid.is_file() else None,
-                     dataset=cfg.dataset)
+                     dataset=card_dataset(cfg))
     clock.lap("saving")
     clock.write(out / "timings.json")
     if cfg.push_to_hub:

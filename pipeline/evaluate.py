@@ -412,6 +412,9 @@ def main(argv=None):
         raise UserError(str(e))
     if args.guidance_scales is not None:
         from pipeline.guidance import guidance_sweep
+        from pipeline.image_data import is_idx
+        if not is_idx(spec):
+            raise UserError(f"--guidance_scales measures class accuracy with the judge: {no_judge_line(spec)}")
         return guidance_sweep(pipe, out, args.guidance_scales, **settings)
     return evaluate_pipeline(pipe, out, spec=spec, **settings)
 
