@@ -211,3 +211,15 @@ def test_colour_folder_end_to_end_loads_with_plain_diffusers(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "diffusers_modules.local.pipeline_latent_ddpm [('RGB', (16, 16)), ('RGB', (16, 16))]" in r.stdout
+
+
+def test_unlabelled_folder_has_no_labels_and_evaluation_says_fid_needs_them(tmp_path):
+    from pipeline.evaluate import no_judge_line
+
+    for i in range(10):  # images at the top of the folder: no class subfolders, no labels
+        picture("RGB", 8, i).save(tmp_path / f"{i}.png")
+    data = load_images("train", spec(train_data_dir=str(tmp_path)))
+    assert data.labels is None and data.class_names is None and data.images.shape[1:] == (3, 8, 8)
+    assert no_judge_line(spec(train_data_dir=str(tmp_path))).startswith("FID / precision / recall need labelled data")
+    labelled = colour_folder(tmp_path / "labelled")
+    assert "scores MNIST-style digits only" in no_judge_line(spec(train_data_dir=str(labelled)))
