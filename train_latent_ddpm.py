@@ -106,6 +106,8 @@ def main(argv):
     if accelerator.is_main_process:
         save_config(cfg, out / "training_config.yaml")  # hub_token is redacted
     clock.lap("set-up")
+    # Before the data when the class count is known without it (IDX data, or no classes): bad unet options fail in seconds.
+    unet = build_unet(cfg, autoencoder) if is_idx(cfg) or cfg.conditioning != "class" else None
     data = load_images("train", cfg, getattr(autoencoder.config, "image_size", 28), autoencoder.config.in_channels)
     class_names, num_classes = data.class_names, NUM_IDX_CLASSES
     if cfg.conditioning == "class":
@@ -114,7 +116,7 @@ def main(argv):
                             "column, no class subfolders); pass --label_column or use --conditioning none")
         if not is_idx(cfg):
             num_classes = len(class_names) if class_names else int(data.labels.max()) + 1
-    unet = build_unet(cfg, autoencoder, num_classes)
+    unet = unet or build_unet(cfg, autoencoder, num_classes)
     images, labels = training.first_samples(accelerator, cfg, data.images, data.labels)
     if cfg.random_flip:  # the mirrored images too: latents are encoded once, so the flips are fixed copies
         images = np.concatenate([images, images[..., ::-1]])
