@@ -24,9 +24,10 @@ import torch  # noqa: E402
 from pipeline.data import hub_unavailable, to_uint8  # noqa: E402
 from pipeline.errors import UserError, first_line, run_cli  # noqa: E402
 from pipeline.evaluate import load_pipeline, pick_device, trained_on  # noqa: E402
-from pipeline.pipeline_latent_ddpm import DIGIT_SIZE  # noqa: E402
 from pipeline.schedulers import SCHEDULERS, with_scheduler  # noqa: E402
 from pipeline.visualisation import tile  # noqa: E402
+
+DIGIT_SIZE = 28  # the demo draws and shows MNIST digits
 
 DEMO_PIPELINE = "runs/demo/pipeline"  # what `make demo` writes
 MAX_IMAGES = 64  # per Generate request: a few seconds on two CPU cores

@@ -4,9 +4,11 @@
     accelerate launch train_autoencoder.py --config configs/autoencoder.yaml --train_batch_size 512
 
 The run folder ends up holding the model (config.json with scaling_factor +
-safetensors), metrics.json (PSNR/SSIM over the full test split), reconstruction.png,
-tsne_batch.png, tsne_test.png, loss.png, training_config.yaml, timings.json (seconds
-per phase) and TensorBoard logs.
+safetensors), metrics.json (PSNR/SSIM over the full test split), data.json (what was
+read: source, test split, size, channels, class names), reconstruction.png, tsne_batch.png,
+tsne_test.png, loss.png, training_config.yaml, timings.json (seconds per phase) and
+TensorBoard logs. Any small-image dataset works (pipeline/image_data.py): the autoencoder
+takes its channels and size from the data.
 """
 
 import json
@@ -21,8 +23,9 @@ from accelerate.utils import set_seed
 from pipeline import training, visualisation
 from pipeline.autoencoder import CABAutoencoder
 from pipeline.config import AutoencoderTrainConfig, parse_config, save_config
-from pipeline.data import load_digits, to_digits, to_model_input
-from pipeline.errors import run_cli
+from pipeline.data import model_size, to_digits, to_model_input
+from pipeline.errors import UserError, run_cli
+from pipeline.image_data import load_images, write_data_record
 from pipeline.latent_cache import encode_decode, encode_images
 from pipeline.metrics import psnr_ssim
 from pipeline.progress import progress
@@ -49,16 +52,23 @@ def main(argv):
     clock.lap("set-up")
 
     # 1. Data: the whole split lives on the device as one tensor; no dataloader needed.
-    train_images, _ = load_digits("train", cfg.dataset, cfg.data_dir)
-    test_images, test_labels = load_digits("test", cfg.dataset, cfg.data_dir)
-    train_images, _ = training.first_samples(accelerator, cfg, train_images)
-    test_images, test_labels = test_images[:cfg.max_eval_samples], test_labels[:cfg.max_eval_samples]
-    train_x = to_model_input(train_images).to(accelerator.device)
-    held_out = to_model_input(test_images[:256]).to(accelerator.device)
+    sample_size = check_resolution(cfg)
+    train = load_images("train", cfg, cfg.resolution, cfg.channels)
+    test = load_images("test", cfg, train.images.shape[-1], train.channels)
+    train_images, _ = training.first_samples(accelerator, cfg, train.images)
+    test_images = test.images[:cfg.max_eval_samples]
+    test_labels = None if test.labels is None else test.labels[:cfg.max_eval_samples]
+    image_size = train_images.shape[-1]
+    sample_size = sample_size or model_size(image_size, pad_multiple(cfg))
+    train_x = to_model_input(train_images, sample_size).to(accelerator.device)
+    held_out = to_model_input(test_images[:256], sample_size).to(accelerator.device)
+    if accelerator.is_main_process:
+        write_data_record(out, cfg, train, test, image_size, sample_size)
     clock.lap("data")
 
     # 2. Model, optimizer, schedule.
-    model = CABAutoencoder(**vars(cfg.autoencoder))
+    model = CABAutoencoder(**vars(cfg.autoencoder), in_channels=train.channels, sample_size=sample_size,
+                           image_size=image_size)
     model, train_model, optimizer, lr_scheduler = training.prepare(accelerator, cfg, model, "autoencoder")
 
     # 3. Resume, then train to exactly max_train_steps.
@@ -73,7 +83,12 @@ def main(argv):
     while step < cfg.max_train_steps:
         model.train()
         for micro in range(cfg.gradient_accumulation_steps):
-            x = train_x[order(step * cfg.gradient_accumulation_steps + micro)]
+            k = step * cfg.gradient_accumulation_steps + micro
+            x = train_x[order(k)]
+            if cfg.random_flip:  # each image mirrored with probability 1/2, from this step's own generator
+                gen = training.step_generator(cfg.seed, k, accelerator.process_index, accelerator.device)
+                flip = torch.rand(len(x), generator=gen, device=x.device) < 0.5
+                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             with accelerator.accumulate(model), accelerator.autocast():
                 loss = F.mse_loss(train_model(x).float(), x)
                 training.optimizer_step(accelerator, model, optimizer, lr_scheduler, loss, cfg.max_grad_norm)
@@ -98,8 +113,29 @@ def main(argv):
     # 4. Save the model with its latent scaling, then measure and draw.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        finish(accelerator.unwrap_model(model), cfg, out, train_images, test_images, test_labels, loss_log, clock, stop)
+        finish(accelerator.unwrap_model(model), cfg, out, train_images, test_images, test_labels, loss_log, clock, stop,
+               test.class_names)
     accelerator.end_training()
+
+
+def pad_multiple(cfg) -> int:
+    """Image sides the models can take are multiples of this: the autoencoder halves len(block_out_channels) - 1
+    times and the UNet at least once more (at least 8, so 28x28 digits are padded to 32x32 as always)."""
+    return max(8, 2 ** len(cfg.autoencoder.block_out_channels))
+
+
+def check_resolution(cfg):
+    """--resolution as the model size, or None when the native size (padded) is used; a size the models
+    cannot halve is a UserError naming the sizes that work."""
+    if cfg.resolution is None:
+        return None
+    m = pad_multiple(cfg)
+    if cfg.resolution % m:
+        works = ", ".join(str(m * i) for i in range(1, 9))
+        raise UserError(f"--resolution {cfg.resolution} cannot be halved often enough: the autoencoder halves it "
+                        f"{len(cfg.autoencoder.block_out_channels) - 1} times and the UNet once more, so use a "
+                        f"multiple of {m} ({works}, ...), or leave it unset for the native size, padded")
+    return cfg.resolution
 
 
 @torch.no_grad()
@@ -107,16 +143,18 @@ def validate(accelerator, model, held_out, step):
     model.eval()
     with accelerator.autocast():
         recon = accelerator.unwrap_model(model)(held_out).float()
-    mse = F.mse_loss(to_digits(recon), to_digits(held_out))
+    size = accelerator.unwrap_model(model).config.image_size
+    mse = F.mse_loss(to_digits(recon, size), to_digits(held_out, size))
     psnr = (10 * torch.log10(1.0 / mse)).item()
     writer = training.tensorboard_writer(accelerator)
     if writer is not None:
-        grid = visualisation.tile(torch.cat([to_digits(held_out[:16]), to_digits(recon[:16])]).cpu().numpy(), nrow=16)
-        writer.add_image("reconstructions", grid, step, dataformats="HW")
+        pairs = torch.cat([to_digits(held_out[:16], size), to_digits(recon[:16], size)]).cpu().numpy()
+        grid = visualisation.tile(pairs, nrow=16)
+        writer.add_image("reconstructions", grid, step, dataformats="HW" if grid.ndim == 2 else "HWC")
     return psnr
 
 
-def finish(model, cfg, out, train_images, test_images, test_labels, loss_log, clock, stop):
+def finish(model, cfg, out, train_images, test_images, test_labels, loss_log, clock, stop, class_names=None):
     model = model.float()
     # Unit-variance latents for the diffusion stage: estimated on up to 10k training digits
     # (encoded only; divided by the factor the encoder applies, 1 before this line has run).
@@ -141,11 +179,12 @@ def finish(model, cfg, out, train_images, test_images, test_labels, loss_log, cl
         return
     visualisation.reconstruction_figure(originals, recons, out / "reconstruction.png")
     batch = slice(0, 64)  # "one batch", as in the reference
-    visualisation.tsne_figure(test_latents[batch].numpy(), test_labels[batch], out / "tsne_batch.png",
-                              "t-SNE of latents, one batch")
-    n = min(cfg.tsne_num_points, len(test_latents))
-    visualisation.tsne_figure(test_latents[:n].numpy(), test_labels[:n], out / "tsne_test.png",
-                              "t-SNE of latents, test split")
+    for name, n, title in (("tsne_batch.png", 64, "one batch"), ("tsne_test.png", cfg.tsne_num_points, "test split")):
+        n = min(n, len(test_latents))
+        if n < 3:
+            continue  # t-SNE needs a few points
+        visualisation.tsne_figure(test_latents[:n].numpy(), None if test_labels is None else test_labels[:n],
+                                  out / name, f"t-SNE of latents, {title}", class_names=class_names)
     loss_log.plot(out / "loss.png", "autoencoder reconstruction loss (MSE)")
     clock.lap("figures")
     clock.write(out / "timings.json")

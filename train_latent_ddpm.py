@@ -13,6 +13,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
@@ -22,15 +23,15 @@ from safetensors.torch import load_file
 
 from pipeline import training, visualisation
 from pipeline.config import LatentDDPMTrainConfig, parse_config, save_config
-from pipeline.data import load_digits
 from pipeline.errors import UserError, first_line, run_cli
+from pipeline.image_data import data_digest, describe_source, is_idx, load_images
 from pipeline.latent_cache import autoencoder_fingerprint, cached_latents, load_autoencoder
 from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
 from pipeline.progress import progress
 from pipeline.schedulers import make_train_scheduler, with_scheduler
 
 logger = logging.getLogger("train_latent_ddpm")
-NUM_CLASSES = 10
+NUM_IDX_CLASSES = 10  # MNIST and Fashion-MNIST; other datasets say how many classes they have
 EMA_FIELDS = ("decay", "min_decay", "optimization_step", "update_after_step", "use_ema_warmup", "inv_gamma", "power")
 # Besides training.RESUME_FIXED: the options that shape the model, its objective and its EMA. A resume
 # with any of them changed would fail or train another model; the learning rate and its schedule may change.
@@ -38,7 +39,7 @@ RESUME_FIXED = ("unet", "ddpm_num_steps", "ddpm_beta_schedule", "prediction_type
                 "class_dropout", "use_ema", "ema_max_decay", "ema_inv_gamma", "ema_power")
 
 
-def build_unet(cfg, autoencoder) -> UNet2DModel:
+def build_unet(cfg, autoencoder, num_classes=NUM_IDX_CLASSES) -> UNet2DModel:
     u, size = cfg.unet, autoencoder.latent_size
     depth = len(u.block_out_channels) - 1
     if size % 2 ** depth:
@@ -52,7 +53,7 @@ def build_unet(cfg, autoencoder) -> UNet2DModel:
             layers_per_block=u.layers_per_block, attention_head_dim=u.attention_head_dim,
             norm_num_groups=u.norm_num_groups, dropout=u.dropout,
             # Class conditioning: one extra embedding is the "no label" class used for CFG.
-            num_class_embeds=NUM_CLASSES + 1 if cfg.conditioning == "class" else None,
+            num_class_embeds=num_classes + 1 if cfg.conditioning == "class" else None,
         )
     except (ValueError, TypeError) as e:  # a misspelt block type, channels that norm_num_groups does not divide
         raise UserError(f"the unet.* options do not build a diffusers UNet2DModel ({first_line(e)}); "
@@ -60,15 +61,16 @@ def build_unet(cfg, autoencoder) -> UNet2DModel:
                         "UpBlock2D, AttnUpBlock2D) and that unet.norm_num_groups divides every channel count") from e
 
 
-def loss_fn(cfg, scheduler, unet, latents, labels, gen):
-    """One denoising loss on a batch: noise, timesteps and label dropout from `gen`."""
+def loss_fn(cfg, scheduler, unet, latents, labels, gen, null_label=NUM_IDX_CLASSES):
+    """One denoising loss on a batch: noise, timesteps and label dropout (to `null_label`, the number of
+    classes) from `gen`."""
     noise = torch.randn(latents.shape, generator=gen, device=latents.device)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=gen, device=latents.device)
     noisy = scheduler.add_noise(latents, noise, t)
     class_labels = None
     if labels is not None:
         drop = torch.rand(len(labels), generator=gen, device=labels.device) < cfg.class_dropout
-        class_labels = torch.where(drop, torch.full_like(labels, NUM_CLASSES), labels)
+        class_labels = torch.where(drop, torch.full_like(labels, null_label), labels)
     pred = unet(noisy, t, class_labels=class_labels).sample.float()
     target = {"epsilon": noise, "v_prediction": scheduler.get_velocity(latents, noise, t),
               "sample": latents}[cfg.prediction_type]
@@ -104,10 +106,23 @@ def main(argv):
     if accelerator.is_main_process:
         save_config(cfg, out / "training_config.yaml")  # hub_token is redacted
     clock.lap("set-up")
-    unet = build_unet(cfg, autoencoder)
-    images, labels = load_digits("train", cfg.dataset, cfg.data_dir)
-    images, labels = training.first_samples(accelerator, cfg, images, labels)
-    latents = cached_latents(accelerator, autoencoder, images, cfg.dataset, fingerprint=record["autoencoder"])
+    # Before the data when the class count is known without it (IDX data, or no classes): bad unet options fail in seconds.
+    unet = build_unet(cfg, autoencoder) if is_idx(cfg) or cfg.conditioning != "class" else None
+    data = load_images("train", cfg, getattr(autoencoder.config, "image_size", 28), autoencoder.config.in_channels)
+    class_names, num_classes = data.class_names, NUM_IDX_CLASSES
+    if cfg.conditioning == "class":
+        if data.labels is None:
+            raise UserError(f"conditioning: class needs labels, but {describe_source(cfg)} has none (no ClassLabel "
+                            "column, no class subfolders); pass --label_column or use --conditioning none")
+        if not is_idx(cfg):
+            num_classes = len(class_names) if class_names else int(data.labels.max()) + 1
+    unet = unet or build_unet(cfg, autoencoder, num_classes)
+    images, labels = training.first_samples(accelerator, cfg, data.images, data.labels)
+    if cfg.random_flip:  # the mirrored images too: latents are encoded once, so the flips are fixed copies
+        images = np.concatenate([images, images[..., ::-1]])
+        labels = None if labels is None else np.concatenate([labels, labels])
+    key = cfg.dataset if is_idx(cfg) and not cfg.random_flip else f"images-{data_digest(images)}"
+    latents = cached_latents(accelerator, autoencoder, images, key, fingerprint=record["autoencoder"])
     labels = torch.as_tensor(labels, device=accelerator.device) if cfg.conditioning == "class" else None
     clock.lap("data and latents")
 
@@ -143,7 +158,7 @@ def main(argv):
             gen = training.step_generator(cfg.seed, k, accelerator.process_index, accelerator.device)
             with accelerator.accumulate(unet), accelerator.autocast():
                 loss = loss_fn(cfg, noise_scheduler, train_unet, latents[idx],
-                               None if labels is None else labels[idx], gen)
+                               None if labels is None else labels[idx], gen, null_label=num_classes)
                 training.optimizer_step(accelerator, unet, optimizer, lr_scheduler, loss, cfg.max_grad_norm)
         if ema is not None:
             ema.step(unet.parameters())
@@ -160,7 +175,7 @@ def main(argv):
             bar.set_postfix(loss=f"{mean_loss:.4g}")
         bar.update(1)  # counted after the loss is set, so a plain progress line shows this step's loss
         if step % cfg.save_images_steps == 0 and accelerator.is_main_process:
-            log_samples(accelerator, cfg, unet, ema, autoencoder, noise_scheduler, step)
+            log_samples(accelerator, cfg, unet, ema, autoencoder, noise_scheduler, step, class_names)
         training.checkpoint_if_due(accelerator, cfg, step, stop, meter, record)
     bar.close()
     meter.check()
@@ -170,7 +185,7 @@ def main(argv):
     # 4. The pipeline folder, pictures and model card (main process), then the upload.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        pipe = final_pipeline(accelerator, unet, ema, autoencoder, noise_scheduler)
+        pipe = final_pipeline(accelerator, unet, ema, autoencoder, noise_scheduler, class_names)
         finish(pipe, cfg, out, loss_log, clock, stop)
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -201,12 +216,12 @@ def register_ema_hooks(accelerator, ema, unet):
     accelerator.register_load_state_pre_hook(load_hook)
 
 
-def make_pipeline(unet, autoencoder, noise_scheduler):
-    return LatentDDPMPipeline(unet=unet, autoencoder=autoencoder, scheduler=noise_scheduler)
+def make_pipeline(unet, autoencoder, noise_scheduler, class_names=None):
+    return LatentDDPMPipeline(unet=unet, autoencoder=autoencoder, scheduler=noise_scheduler, class_names=class_names)
 
 
 @torch.no_grad()
-def log_samples(accelerator, cfg, unet, ema, autoencoder, noise_scheduler, step):
+def log_samples(accelerator, cfg, unet, ema, autoencoder, noise_scheduler, step, class_names=None):
     writer = training.tensorboard_writer(accelerator)
     if writer is None:
         return
@@ -214,19 +229,26 @@ def log_samples(accelerator, cfg, unet, ema, autoencoder, noise_scheduler, step)
     if ema is not None:  # sample with the EMA weights, then put the training weights back
         ema.store(model.parameters())
         ema.copy_to(model.parameters())
-    pipe = with_scheduler(make_pipeline(model, autoencoder.to(accelerator.device), noise_scheduler), "dpm")
+    pipe = with_scheduler(make_pipeline(model, autoencoder.to(accelerator.device), noise_scheduler, class_names), "dpm")
     images = pipe(batch_size=64, generator=torch.Generator(accelerator.device).manual_seed(0),
                   num_inference_steps=cfg.num_inference_steps, output_type="np").images
-    writer.add_image("samples", visualisation.tile(images, nrow=8), step, dataformats="HW")
+    grid = visualisation.tile(images, nrow=8)
+    writer.add_image("samples", grid, step, dataformats="HW" if grid.ndim == 2 else "HWC")
     if ema is not None:
         ema.restore(model.parameters())
 
 
-def final_pipeline(accelerator, unet, ema, autoencoder, noise_scheduler):
+def final_pipeline(accelerator, unet, ema, autoencoder, noise_scheduler, class_names=None):
     model = accelerator.unwrap_model(unet)
     if ema is not None:
         ema.copy_to(model.parameters())  # the published weights are the EMA ones
-    return make_pipeline(model.float().eval(), autoencoder.to(accelerator.device).float().eval(), noise_scheduler)
+    return make_pipeline(model.float().eval(), autoencoder.to(accelerator.device).float().eval(), noise_scheduler,
+                         class_names)
+
+
+def card_dataset(cfg):
+    """The Hub dataset the model card names; None for a local image folder."""
+    return None if cfg.train_data_dir else cfg.dataset
 
 
 def finish(pipe, cfg, out, loss_log, clock, stop):
@@ -235,7 +257,7 @@ def finish(pipe, cfg, out, loss_log, clock, stop):
     from pipeline.figures import pipeline_figures
 
     # The trained model is saved before anything that could fail (pictures, evaluation).
-    training.save_or_explain(lambda: save_pipeline_folder(pipe, out, dataset=cfg.dataset), out, "the pipeline")
+    training.save_or_explain(lambda: save_pipeline_folder(pipe, out, dataset=card_dataset(cfg)), out, "the pipeline")
     print(f"pipeline saved to {out}")
     clock.lap("saving", saved=True)
     stop.model_saved(out)  # a stop signal from here on ends the run at once: the pipeline is safe
@@ -248,12 +270,12 @@ def finish(pipe, cfg, out, loss_log, clock, stop):
     if cfg.eval_num_samples > 0:
         metrics = evaluate_pipeline(pipe, num_samples=cfg.eval_num_samples, num_inference_steps=cfg.num_inference_steps,
                                     scheduler="dpm", seed=cfg.seed, output_dir=out / "evaluation",
-                                    dataset=cfg.dataset, data_dir=cfg.data_dir)
+                                    dataset=cfg.dataset, data_dir=cfg.data_dir, spec=cfg)
         clock.lap("evaluation")
     # The model card again, now with the sample grid and the measured metrics.
     grid = out / "samples.png"
     write_model_card(pipe, out, metrics=metrics, sample_grid_path=str(grid) if grid.is_file() else None,
-                     dataset=cfg.dataset)
+                     dataset=card_dataset(cfg))
     clock.lap("saving")
     clock.write(out / "timings.json")
     if cfg.push_to_hub:

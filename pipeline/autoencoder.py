@@ -1,7 +1,9 @@
 """CABAutoencoder: a convolutional autoencoder with Channel Attention Blocks.
 
-It compresses 32x32 digits (28x28 padded) in [-1, 1] into small latents (4x8x8 by default)
-for the diffusion model. Like diffusers' AutoencoderKL, its config carries a
+It compresses images in [-1, 1] with `in_channels` channels (1 for digits, 3 for colour),
+`image_size` x `image_size` padded to `sample_size` (28x28 digits padded to 32x32 by default),
+into small latents (4x8x8 by default) for the diffusion model; the pipeline crops the padding
+off what it decodes. Like diffusers' AutoencoderKL, its config carries a
 `scaling_factor`: after training it is set to 1/std of the training latents, so the
 diffusion stage sees unit-variance inputs; `encode` returns unscaled latents and the
 caller multiplies (and divides before `decode`). As in diffusers' VQModel and AutoencoderKL,
@@ -31,7 +33,7 @@ class EncoderOutput(BaseOutput):
 
 @dataclass
 class DecoderOutput(BaseOutput):
-    """`sample`: decoded images (N, 1, 32, 32) in about [-1, 1] (clamp for display)."""
+    """`sample`: decoded images (N, in_channels, sample_size, sample_size) in about [-1, 1] (clamp for display)."""
 
     sample: torch.Tensor
 
@@ -87,8 +89,11 @@ class CABAutoencoder(ModelMixin, ConfigMixin):
         reduction: int = 8,
         norm_num_groups: int = 16,
         scaling_factor: float = 1.0,
+        image_size: int = 28,  # the images inside the padding; folders saved before it was recorded hold 28x28 digits
     ):
         super().__init__()
+        if not 0 < image_size <= sample_size:
+            raise ValueError(f"image_size {image_size} must be between 1 and sample_size {sample_size}")
         ch, g, r = list(block_out_channels), norm_num_groups, reduction
 
         # Encoder: full resolution first, one stride-2 conv between consecutive levels.
@@ -115,7 +120,7 @@ class CABAutoencoder(ModelMixin, ConfigMixin):
         return self.config.sample_size // 2 ** (len(self.config.block_out_channels) - 1)
 
     def encode(self, x: torch.Tensor, return_dict: bool = True) -> EncoderOutput | tuple:
-        """(N, 1, 32, 32) in [-1, 1] -> unscaled latents (N, latent_channels, 8, 8), as `.latents`."""
+        """(N, in_channels, sample_size, sample_size) in [-1, 1] -> unscaled latents (N, latent_channels, 8, 8), as `.latents`."""
         z = self.encoder(x)
         return EncoderOutput(latents=z) if return_dict else (z,)
 

@@ -32,8 +32,16 @@ class TrainConfig:
     """Options both training scripts share; names follow diffusers' example scripts."""
 
     output_dir: str = option("runs/default", "the run folder: model, pictures, logs, checkpoints")
-    dataset: str = option("ylecun/mnist", "Hub dataset id; zalando-datasets/fashion_mnist also works")
+    dataset: str = option("ylecun/mnist", "Hub image dataset id (uoft-cs/cifar10, zalando-datasets/fashion_mnist, a "
+                          "local folder of Parquet files) or emoji-datasource-google (offline colour, from npm)")
     data_dir: Optional[str] = option(None, "folder with the four IDX files: skips the Hub entirely")
+    train_data_dir: Optional[str] = option(None, "a local image folder (datasets' imagefolder); class subfolders become labels")
+    image_column: Optional[str] = option(None, "the image column; null: the dataset's first Image feature")
+    label_column: Optional[str] = option(None, "the label column; null: the first ClassLabel feature, if any (labels are optional)")
+    resolution: Optional[int] = option(None, "images resized to this side; null: the native size, padded as 28 -> 32")
+    channels: Optional[int] = option(None, "1 or 3; null: from the data (L -> 1; RGB, RGBA, P -> 3)")
+    background: str = option("white", "white or black: what transparent pixels (RGBA, P) are composited on")
+    random_flip: bool = option(False, "train on left-right mirrored images too (not for digits or text)")
     max_train_samples: Optional[int] = option(None, "use only the first N training digits (quick tests)")
     seed: int = option(0, "seeds weights, data order and noise: same seed, same run")
     train_batch_size: int = option(256, "per process; the effective batch is this x processes x accumulation")
@@ -70,6 +78,14 @@ class TrainConfig:
         for key in ("max_train_samples", "max_eval_samples"):
             if getattr(self, key, None) is not None and getattr(self, key) < 1:
                 raise UserError(f"{key} must be >= 1 or null (all), got {getattr(self, key)}")
+        if self.channels not in (None, 1, 3):
+            raise UserError(f"channels must be 1, 3 or null (from the data), got {self.channels}")
+        if self.background not in ("white", "black"):
+            raise UserError(f"background must be white or black, got {self.background!r}")
+        if self.resolution is not None and self.resolution < 1:
+            raise UserError(f"resolution must be >= 1 or null (native size), got {self.resolution}")
+        if self.data_dir is not None and self.train_data_dir is not None:
+            raise UserError("pass either data_dir (IDX files) or train_data_dir (an image folder), not both")
         if self.lr_warmup_steps < 0:
             raise UserError(f"lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):

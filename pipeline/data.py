@@ -9,7 +9,9 @@
 Every problem the user can fix ends in one `UserError` line saying what to do.
 
 The model sees 32x32 images in [-1, 1] (28x28 digits padded with background), so a
-4x-downsampling autoencoder gives 8x8 latents; `to_digits` undoes that.
+4x-downsampling autoencoder gives 8x8 latents; `to_digits` undoes that. Other datasets
+(Hub ids, image folders, colour) are read by pipeline.image_data and shaped by the same two
+functions.
 """
 
 import functools
@@ -260,22 +262,34 @@ def load_digits(split="train", dataset="ylecun/mnist", data_dir=None):
 
 
 # -----------------------------------------------------------------------------
-# model space: 28x28 uint8 digits <-> 32x32 floats in [-1, 1]
+# model space: uint8 images (28x28 digits, or any HxW, 1 or 3 channels) <-> padded floats in [-1, 1]
 
-def to_model_input(images) -> torch.Tensor:
-    """uint8 (N,28,28) or (N,1,28,28) -> float (N,1,32,32) in [-1, 1], padded with background -1."""
+PAD_MULTIPLE = 8  # the default model size: the image size rounded up to this (28 -> 32, 64 -> 64)
+
+
+def model_size(image_size: int, multiple: int = PAD_MULTIPLE) -> int:
+    """The smallest multiple of `multiple` that holds `image_size`: how far images are padded by default."""
+    return -(-image_size // multiple) * multiple
+
+
+def to_model_input(images, sample_size=None) -> torch.Tensor:
+    """uint8 (N,H,W) or (N,C,H,W) -> float (N,C,S,S) in [-1, 1], centred and padded with background -1 to
+    `sample_size` (default `model_size(H)`: 28x28 digits become 32x32)."""
     x = torch.as_tensor(images)
     if x.dtype != torch.uint8:
         raise TypeError(f"to_model_input expects uint8 digits, got {x.dtype}")
     if x.ndim == 3:
         x = x.unsqueeze(1)
     x = x.float() / 127.5 - 1.0
-    return F.pad(x, (2, 2, 2, 2), value=-1.0)
+    size = sample_size or model_size(x.shape[-1])
+    top, left = (size - x.shape[-2]) // 2, (size - x.shape[-1]) // 2
+    return F.pad(x, (left, size - x.shape[-1] - left, top, size - x.shape[-2] - top), value=-1.0)
 
 
-def to_digits(x: torch.Tensor) -> torch.Tensor:
-    """float (N,1,32,32) in [-1, 1] -> (N,1,28,28) in [0, 1]: crop the padding, rescale, clamp."""
-    x = x[..., 2:-2, 2:-2]
+def to_digits(x: torch.Tensor, image_size: int = 28) -> torch.Tensor:
+    """float (N,C,S,S) in [-1, 1] -> (N,C,image_size,image_size) in [0, 1]: crop the padding, rescale, clamp."""
+    top = (x.shape[-1] - image_size) // 2
+    x = x[..., top:top + image_size, top:top + image_size]
     return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0)
 
 

@@ -25,6 +25,12 @@ recall and class accuracy (does the judge see the requested class?), into guidan
 guidance.png (see pipeline/guidance.py). Without it, a class-conditional pipeline is scored on
 unconditional samples (the null label), like any other.
 
+Other datasets (pipeline/image_data.py: Hub ids, image folders, colour): the data options are read
+from the run's training_config.yaml. An autoencoder gets PSNR/SSIM (colour: over all channels); a
+pipeline gets its samples (samples.npz: (N, H, W) or (N, 3, H, W)) and speed. FID / precision / recall
+need a judge trained on the dataset's labels, and labelled data: for an unlabelled dataset one line
+says so; the MNIST judge (pipeline/classifier.py) scores MNIST-style IDX data only.
+
 Same seed, same settings, same device => same samples and the same scores.
 In-process (e.g. at the end of training): `evaluate_pipeline(pipe, output_dir, ...)` and
 `evaluate_autoencoder(autoencoder, output_dir, ...)` do the same and return the metrics.
@@ -78,6 +84,8 @@ def parse_args(argv):
                    help="the dataset the model was trained on (picks the judge); default: the one named in the "
                         "folder's training_config.yaml or model card, else ylecun/mnist")
     p.add_argument("--data_dir", default=None, help="folder with the four IDX files, if the Hub is unreachable")
+    p.add_argument("--train_data_dir", default=None,
+                   help="the image folder the model was trained on; default: the one in training_config.yaml")
     p.add_argument("--guidance_scales", default=None, metavar="1,2,3,5",
                    help="class-conditional pipelines: sweep these classifier-free guidance scales "
                         "(class accuracy and FID per scale, guidance.json and guidance.png)")
@@ -164,6 +172,38 @@ def pick_dataset(path: Path, asked: str | None) -> str:
     return asked
 
 
+DATA_KEYS = {"data_dir": None, "train_data_dir": None, "image_column": None, "label_column": None,
+             "background": "white"}
+
+
+def data_spec(path: Path, dataset: str, data_dir=None, train_data_dir=None):
+    """The data options of the run in `path` (training_config.yaml), `dataset` and the flags given here first."""
+    from types import SimpleNamespace
+
+    saved = {}
+    config = path / "training_config.yaml"
+    if config.is_file():
+        try:
+            saved = yaml.safe_load(config.read_text()) or {}
+        except yaml.YAMLError:
+            saved = {}
+    spec = {key: saved.get(key, default) for key, default in DATA_KEYS.items()}
+    if data_dir is not None or train_data_dir is not None:
+        spec.update(data_dir=data_dir, train_data_dir=train_data_dir)
+    return SimpleNamespace(dataset=dataset, **spec)
+
+
+def no_judge_line(spec) -> str:
+    """Why FID / precision / recall are not computed for this data, in one line."""
+    from pipeline.image_data import describe_source, load_images
+
+    labelled = load_images("test", spec).labels is not None
+    if not labelled:
+        return f"FID / precision / recall need labelled data (a judge is trained on the labels): {describe_source(spec)} has none"
+    return (f"FID / precision / recall: the judge (pipeline/classifier.py) scores MNIST-style digits only, not "
+            f"{describe_source(spec)}; reconstruction scores and samples only")
+
+
 def load_pipeline(path: Path, device):
     from diffusers.utils import logging as diffusers_logging
 
@@ -178,7 +218,7 @@ def load_pipeline(path: Path, device):
 
 def sample_digits(pipe, num_samples, batch_size, num_inference_steps, seed, class_labels=None,
                   guidance_scale=1.0) -> np.ndarray:
-    """uint8 (N, 28, 28): batches drawn in order from one generator seeded once on the pipeline's device.
+    """uint8 (N, H, W) for grayscale pipelines, (N, 3, H, W) for colour ones: batches drawn in order from one generator seeded once on the pipeline's device.
     `class_labels` (N ints; class-conditional pipelines only) go out batch by batch, with `guidance_scale`."""
     from pipeline.data import to_uint8
 
@@ -189,8 +229,8 @@ def sample_digits(pipe, num_samples, batch_size, num_inference_steps, seed, clas
         labels = {} if class_labels is None else dict(class_labels=class_labels[start:start + n],
                                                        guidance_scale=guidance_scale)
         images = pipe(batch_size=n, generator=generator, num_inference_steps=num_inference_steps,
-                      output_type="np", **labels).images  # float32 (n, 28, 28, 1) in [0, 1]
-        out.append(to_uint8(images[..., 0]))
+                      output_type="np", **labels).images  # float32 (n, H, W, C) in [0, 1]
+        out.append(to_uint8(images[..., 0] if images.shape[-1] == 1 else images.transpose(0, 3, 1, 2)))
         print(f"sampled {start + n}/{num_samples}", flush=True)
     return np.concatenate(out)
 
@@ -246,8 +286,9 @@ def _write_metrics(metrics: dict, out: Path):
 
 
 def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=20, scheduler="dpm", seed=0,
-                      batch_size=1000, dataset="ylecun/mnist", data_dir=None) -> dict:
-    """Sample with `pipe` (left untouched: a copy gets `scheduler`), score, write the three files, return metrics."""
+                      batch_size=1000, dataset="ylecun/mnist", data_dir=None, spec=None) -> dict:
+    """Sample with `pipe` (left untouched: a copy gets `scheduler`), score, write the three files, return metrics.
+    `spec`: the training config (or data_spec) for data other than the IDX datasets: samples and speed only."""
     from pipeline.classifier import get_classifier
     from pipeline.data import load_digits
     from pipeline.metrics import get_reference, score_digits
@@ -257,6 +298,9 @@ def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=
     if num_samples < MIN_SAMPLES:
         raise UserError(f"--num_samples {num_samples} is too few to score; use at least {MIN_SAMPLES}")
     out = _prepare(output_dir)
+    from pipeline.image_data import is_idx
+    if spec is not None and not is_idx(spec):
+        return _samples_only(pipe, out, spec, num_samples, batch_size, num_inference_steps, scheduler, seed)
     # The judge and the real digits first: if they cannot be had (no data), fail before spending time on sampling.
     classifier = get_classifier(dataset, data_dir, device=pipe.device)
     reference = get_reference(dataset, data_dir, classifier)
@@ -280,8 +324,29 @@ def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=
     return metrics
 
 
+def _samples_only(pipe, out, spec, num_samples, batch_size, num_inference_steps, scheduler, seed) -> dict:
+    """Samples, their grid and the sampling speed for data the judge cannot score, with the line saying why."""
+    from pipeline.schedulers import with_scheduler
+    from pipeline.visualisation import save_grid
+
+    reason = no_judge_line(spec)
+    start = time.perf_counter()
+    images = sample_digits(with_scheduler(pipe, scheduler), num_samples, batch_size, num_inference_steps, seed)
+    seconds = time.perf_counter() - start
+    np.savez_compressed(out / "samples.npz", images=images)
+    save_grid(images[:100], out / "samples.png", nrow=10)
+    metrics = dict(scheduler=scheduler, num_inference_steps=num_inference_steps, seed=seed, batch_size=batch_size,
+                   device=str(pipe.device), sampling_seconds=round(seconds, 3),
+                   images_per_second=round(num_samples / seconds, 2), num_samples=num_samples,
+                   dataset=spec.train_data_dir or spec.dataset, fid=None, not_scored=reason)
+    print(f"speed           {metrics['images_per_second']:.1f} images/s ({scheduler}, {num_inference_steps} steps)")
+    print(reason)
+    _write_metrics(metrics, out)
+    return metrics
+
+
 def evaluate_autoencoder(autoencoder, output_dir, batch_size=1000, dataset="ylecun/mnist", data_dir=None,
-                         num_samples=None) -> dict:
+                         num_samples=None, spec=None) -> dict:
     """PSNR/SSIM of reconstructions of the first `num_samples` test images (None: all), and the judge's scores
     of as many reconstructed training images next to the floor at that size; writes metrics.json and
     reconstructions.png."""
@@ -291,7 +356,21 @@ def evaluate_autoencoder(autoencoder, output_dir, batch_size=1000, dataset="ylec
     from pipeline.metrics import FLOOR_SIZE, get_reference, psnr_ssim
     from pipeline.visualisation import reconstruction_figure
 
+    from pipeline.image_data import is_idx, load_images
+
     out = _prepare(output_dir)
+    if spec is not None and not is_idx(spec):  # colour or other data: reconstruction scores only
+        cfg = autoencoder.config
+        originals = load_images("test", spec, cfg.image_size, cfg.in_channels).images[:num_samples]
+        _, recons = encode_decode(autoencoder, originals, batch_size)
+        scores = psnr_ssim(originals, recons)
+        reconstruction_figure(originals, recons, out / "reconstructions.png")
+        metrics = dict(psnr=scores["psnr"], ssim=scores["ssim"], num_images=scores["num_images"],
+                       dataset=spec.train_data_dir or spec.dataset, not_scored=no_judge_line(spec))
+        print(f"\nreconstruction of {scores['num_images']} test images: "
+              f"PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f} (perfect: inf, 1)\n{metrics['not_scored']}")
+        _write_metrics(metrics, out)
+        return metrics
     originals, _ = load_digits("test", dataset=dataset, data_dir=data_dir)
     originals = originals[:num_samples]
     n = min(len(originals), FLOOR_SIZE)
@@ -329,12 +408,13 @@ def main(argv=None):
     device = pick_device(args.device)
     out = Path(args.output_dir).expanduser() if args.output_dir else path / "evaluation"
     dataset = pick_dataset(path, args.dataset)
+    spec = data_spec(path, dataset, args.data_dir, args.train_data_dir)
     if args.num_samples < MIN_SAMPLES:  # before loading anything
         raise UserError(f"--num_samples {args.num_samples} is too few to score; use at least {MIN_SAMPLES}")
     if kind == "autoencoder":
         from pipeline.latent_cache import load_autoencoder
         return evaluate_autoencoder(load_autoencoder(path).to(device), out, batch_size=args.batch_size,
-                                    dataset=dataset, data_dir=args.data_dir, num_samples=args.num_samples)
+                                    dataset=dataset, data_dir=args.data_dir, num_samples=args.num_samples, spec=spec)
     settings = dict(num_samples=args.num_samples, num_inference_steps=args.num_inference_steps,
                     scheduler=args.scheduler, seed=args.seed, batch_size=args.batch_size, dataset=dataset,
                     data_dir=args.data_dir)
@@ -345,8 +425,11 @@ def main(argv=None):
         raise UserError(str(e))
     if args.guidance_scales is not None:
         from pipeline.guidance import guidance_sweep
+        from pipeline.image_data import is_idx
+        if not is_idx(spec):
+            raise UserError(f"--guidance_scales measures class accuracy with the judge: {no_judge_line(spec)}")
         return guidance_sweep(pipe, out, args.guidance_scales, **settings)
-    return evaluate_pipeline(pipe, out, **settings)
+    return evaluate_pipeline(pipe, out, spec=spec, **settings)
 
 
 if __name__ == "__main__":

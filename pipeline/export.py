@@ -117,10 +117,14 @@ def write_model_card(pipe, output_dir, metrics: dict | None = None, sample_grid_
 
 
 def _model_card(pipe, metrics, has_grid, dataset, license, repo_id) -> str:
+    digits = dataset is not None and "mnist" in dataset.lower()  # MNIST and Fashion-MNIST: the card as it always was
     front = ModelCardData(
-        library_name="diffusers", license=license, datasets=[dataset],
-        tags=["unconditional-image-generation", "diffusers", "latent-diffusion", "mnist"],
+        library_name="diffusers", license=license, datasets=[dataset] if dataset else None,
+        tags=["unconditional-image-generation", "diffusers", "latent-diffusion"] + (["mnist"] if digits else []),
     ).to_yaml()
+    size, channels = getattr(pipe.autoencoder.config, "image_size", 28), pipe.autoencoder.config.in_channels
+    what = f"{size}x{size} {'grayscale' if channels == 1 else 'RGB'} {'digits' if digits else 'images'}"
+    source = f"[{dataset}](https://huggingface.co/datasets/{dataset})" if dataset else "a local image folder"
     unet, ae, sched = pipe.unet.config, pipe.autoencoder.config, pipe.scheduler.config
     latent = f"{ae.latent_channels}x{pipe.autoencoder.latent_size}x{pipe.autoencoder.latent_size}"
     n_unet = sum(p.numel() for p in pipe.unet.parameters()) / 1e6
@@ -129,10 +133,11 @@ def _model_card(pipe, metrics, has_grid, dataset, license, repo_id) -> str:
     conditional = unet.num_class_embeds is not None
     lines = [
         f"---\n{front}\n---", "",
-        "# Latent diffusion for MNIST digits", "",
-        f"A latent diffusion model trained on [{dataset}](https://huggingface.co/datasets/{dataset}) that generates"
-        f" 28x28 grayscale digits. A convolutional autoencoder with channel attention (`CABAutoencoder`, {n_ae:.2f}M"
-        f" parameters) compresses the digits, padded to 32x32, into {latent} latents (scaled by"
+        "# Latent diffusion for MNIST digits" if digits else f"# Latent diffusion for {dataset or 'small images'}", "",
+        f"A latent diffusion model trained on {source} that generates"
+        f" {what}. A convolutional autoencoder with channel attention (`CABAutoencoder`, {n_ae:.2f}M"
+        f" parameters) compresses the {'digits' if digits else 'images'}, padded to {ae.sample_size}x{ae.sample_size},"
+        f" into {latent} latents (scaled by"
         f" `scaling_factor={ae.scaling_factor:.4g}`); a diffusers `UNet2DModel` ({n_unet:.2f}M parameters) denoises"
         f" them with a {sched.num_train_timesteps}-step {sched.beta_schedule} noise schedule and"
         f" `prediction_type=\"{sched.prediction_type}\"`."

@@ -70,26 +70,30 @@ def autoencoder_fingerprint(autoencoder) -> str:
 
 @torch.no_grad()
 def encode_images(autoencoder, images_uint8, device, batch_size=500) -> torch.Tensor:
-    """Scaled latents (N, C, h, w) for uint8 digits, encoded in eval mode."""
+    """Scaled latents (N, C, h, w) for uint8 images (N, H, W) or (N, C, H, W), encoded in eval mode."""
     autoencoder.eval().to(device)
     out = []
     for i in range(0, len(images_uint8), batch_size):
-        z = autoencoder.encode(to_model_input(images_uint8[i:i + batch_size]).to(device)).latents
+        x = to_model_input(images_uint8[i:i + batch_size], autoencoder.config.sample_size)
+        z = autoencoder.encode(x.to(device)).latents
         out.append(z.float() * autoencoder.config.scaling_factor)
     return torch.cat(out)
 
 
 @torch.no_grad()
 def encode_decode(autoencoder, images_uint8, batch_size=1000):
-    """(unscaled latents on the CPU, float (N, 28, 28) reconstructions in [0, 1]) for uint8 digits, in eval mode."""
+    """(unscaled latents on the CPU, float reconstructions in [0, 1]) for uint8 images, in eval mode; the
+    reconstructions are (N, H, W) for grayscale images, (N, C, H, W) for colour ones, as the images came."""
     autoencoder.eval()
+    cfg = autoencoder.config
     latents, recons = [], []
     for i in range(0, len(images_uint8), batch_size):
-        x = to_model_input(images_uint8[i:i + batch_size]).to(autoencoder.device, autoencoder.dtype)
+        x = to_model_input(images_uint8[i:i + batch_size], cfg.sample_size).to(autoencoder.device, autoencoder.dtype)
         z = autoencoder.encode(x).latents
         latents.append(z.float().cpu())
-        recons.append(to_digits(autoencoder.decode(z).sample).cpu())
-    return torch.cat(latents), torch.cat(recons)[:, 0].numpy()
+        recons.append(to_digits(autoencoder.decode(z).sample, getattr(cfg, "image_size", 28)).cpu())
+    recons = torch.cat(recons)
+    return torch.cat(latents), (recons[:, 0] if recons.shape[1] == 1 else recons).numpy()
 
 
 def cached_latents(accelerator, autoencoder, images_uint8, dataset_key, fingerprint=None) -> torch.Tensor:

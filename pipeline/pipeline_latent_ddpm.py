@@ -1,7 +1,9 @@
-"""LatentDDPMPipeline: sample MNIST digits by denoising 4x8x8 latents, then decoding them.
+"""LatentDDPMPipeline: sample small images (MNIST digits, colour emoji, ...) by denoising latents, then decoding them.
 
 Components: `unet` (diffusers UNet2DModel on scaled latents), `autoencoder` (CABAutoencoder:
-`encode`/`decode`, `config.scaling_factor`, `config.sample_size`) and any diffusers `scheduler`.
+`encode`/`decode`, `config.scaling_factor`, `config.sample_size`, `config.image_size`, `config.in_channels`)
+and any diffusers `scheduler`. Image size, channels and the padding to crop come from the autoencoder's config;
+`class_names` (saved in model_index.json) lets `class_labels` be given by name.
 Besides plain sampling it does SDEdit-style img2img (`image` + `strength`) and, for a UNet built
 with `num_class_embeds = num_classes + 1`, class-conditional sampling with classifier-free guidance.
 
@@ -27,7 +29,6 @@ from diffusers.schedulers import SchedulerMixin
 from diffusers.utils import replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 
-DIGIT_SIZE = 28  # MNIST digits; the autoencoder sees them padded to its `sample_size` (32)
 OUTPUT_TYPES = ("pil", "np", "pt")
 
 EXAMPLE_DOC_STRING = """
@@ -52,31 +53,48 @@ EXAMPLE_DOC_STRING = """
 @dataclass
 class LatentDDPMPipelineOutput(ImagePipelineOutput):
     """`images` as in ImagePipelineOutput. `intermediates` (only with `return_intermediates=True`): the decoded
-    images before the first and after every denoising step, x_T first, each a float numpy (N, 28, 28) in [0, 1]."""
+    images before the first and after every denoising step, x_T first, each a float numpy in [0, 1]: (N, H, W) for
+    grayscale pipelines, (N, H, W, 3) for colour ones."""
 
     intermediates: list[np.ndarray] | None = None
 
 
-def _digits_to_unit_tensor(image) -> torch.Tensor:
-    """Accepted `image` inputs -> float (N, 1, 28, 28) in [0, 1]. Raises ValueError for anything else."""
+def _shapes(channels, size) -> str:
+    if channels == 1:
+        return f"(N, {size}, {size}), (N, 1, {size}, {size}) or (N, {size}, {size}, 1)"
+    return f"(N, {channels}, {size}, {size}) or (N, {size}, {size}, {channels})"
+
+
+def _digits_to_unit_tensor(image, channels=1, size=28) -> torch.Tensor:
+    """Accepted `image` inputs -> float (N, channels, size, size) in [0, 1]. Raises ValueError for anything else,
+    naming both channel counts when the images are colour and the pipeline grayscale or the reverse."""
     if isinstance(image, PIL.Image.Image):
         image = [image]
     if isinstance(image, (list, tuple)):
         if not image or not all(isinstance(im, PIL.Image.Image) for im in image):
             raise ValueError("`image` given as a list must be a non-empty list of PIL images.")
-        image = np.stack([np.asarray(im.convert("L")) for im in image])
+        gray = [im.mode in ("1", "L", "LA", "I", "I;16", "F") for im in image]
+        if any(gray) and not all(gray):
+            raise ValueError("`image` mixes grayscale and colour PIL images; pass one kind.")
+        given = 1 if gray[0] else 3
+        if given != channels:
+            raise ValueError(f"`image` holds {given}-channel images but this pipeline makes {channels}-channel images.")
+        image = np.stack([np.asarray(im.convert("L" if channels == 1 else "RGB")) for im in image])
     if isinstance(image, np.ndarray):
         image = torch.from_numpy(np.ascontiguousarray(image))
     if not isinstance(image, torch.Tensor):
         raise ValueError(f"`image` must be a numpy array, a torch tensor or a list of PIL images, not {type(image)}.")
 
     shape = tuple(image.shape)
-    if image.ndim == 3:  # (N, 28, 28)
+    if image.ndim == 3:  # (N, H, W)
         image = image.unsqueeze(1)
-    elif image.ndim == 4 and image.shape[1] != 1 and image.shape[-1] == 1:  # (N, 28, 28, 1)
+    elif image.ndim == 4 and image.shape[1] not in (1, 3) and image.shape[-1] in (1, 3):  # (N, H, W, C)
         image = image.permute(0, 3, 1, 2)
-    if image.ndim != 4 or image.shape[0] == 0 or tuple(image.shape[1:]) != (1, DIGIT_SIZE, DIGIT_SIZE):
-        raise ValueError(f"`image` must have shape (N, 28, 28), (N, 1, 28, 28) or (N, 28, 28, 1) with N >= 1; got {shape}.")
+    if image.ndim == 4 and image.shape[1] in (1, 3) and image.shape[1] != channels and image.shape[0] > 0:
+        raise ValueError(f"`image` holds {image.shape[1]}-channel images (shape {shape}) but this pipeline makes "
+                         f"{channels}-channel images.")
+    if image.ndim != 4 or image.shape[0] == 0 or tuple(image.shape[1:]) != (channels, size, size):
+        raise ValueError(f"`image` must have shape {_shapes(channels, size)} with N >= 1; got {shape}.")
 
     if image.dtype == torch.uint8:
         return image.float() / 255.0
@@ -130,19 +148,36 @@ def _label_count(class_labels):
 
 
 class LatentDDPMPipeline(DiffusionPipeline):
-    r"""Latent diffusion for 28x28 grayscale digits: UNet2DModel denoiser + CABAutoencoder + a diffusers scheduler."""
+    r"""Latent diffusion for small grayscale or colour images: UNet2DModel denoiser + CABAutoencoder + a diffusers
+    scheduler. `class_names` (optional): the name of each class of a class-conditional UNet, index order."""
 
     model_cpu_offload_seq = "unet->autoencoder"
     _callback_tensor_inputs = ["latents"]
 
     def __init__(self, unet: UNet2DModel, autoencoder: ModelMixin, scheduler: SchedulerMixin,
-                 consistency_distilled: bool = False, default_num_inference_steps: int = 50):
+                 consistency_distilled: bool = False, default_num_inference_steps: int = 50,
+                 class_names: list[str] | None = None):
         super().__init__()
         self.register_modules(unet=unet, autoencoder=autoencoder, scheduler=scheduler)
         # A consistency-distilled UNet (distill_latent_ddpm.py) predicts the end of the trajectory: LCMScheduler only.
         # `pipe()` without num_inference_steps takes the folder's saved default (a student: its few steps).
         self.register_to_config(consistency_distilled=consistency_distilled,
                                 default_num_inference_steps=default_num_inference_steps)
+        if class_names is not None:  # folders saved without names keep a model_index.json without the key
+            self.register_to_config(class_names=list(class_names))
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.config.get("class_names")
+
+    @property
+    def image_size(self) -> int:
+        """The side of the images the pipeline returns (the autoencoder's input without its padding)."""
+        return getattr(self.autoencoder.config, "image_size", 28)  # folders saved before it was recorded: digits
+
+    @property
+    def num_channels(self) -> int:
+        return self.autoencoder.config.in_channels
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -169,7 +204,9 @@ class LatentDDPMPipeline(DiffusionPipeline):
         with open(os.path.join(folder, "model_index.json")) as f:
             index = json.load(f)
         saved = {k: index[k] for k in ("consistency_distilled", "default_num_inference_steps") if k in index}
+        class_names = index.get("class_names")
         pipe = cls(
+            class_names=class_names,
             unet=_load_component(UNet2DModel, folder, "unet", torch_dtype),
             autoencoder=_load_component(autoencoder_cls, folder, "autoencoder", torch_dtype),
             scheduler=scheduler_cls.from_pretrained(folder, subfolder="scheduler"),
@@ -199,12 +236,26 @@ class LatentDDPMPipeline(DiffusionPipeline):
         num_class_embeds = self.unet.config.num_class_embeds
         if num_class_embeds is None:
             raise ValueError("`class_labels` were given, but this UNet is unconditional (num_class_embeds is None).")
-        labels = np.asarray(class_labels.cpu() if torch.is_tensor(class_labels) else class_labels)
+        labels = self._label_indices(class_labels)
         if labels.ndim > 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
             raise ValueError(f"`class_labels` are class indices: an int from 0 to {num_class_embeds - 2}, or a list of "
                              f"such ints, one per image; got {class_labels!r} ({_kind(class_labels)}).")
         if labels.min() < 0 or labels.max() >= num_class_embeds - 1:  # the last embedding is the null label
             raise ValueError(f"`class_labels` must lie in [0, {num_class_embeds - 2}]; got {labels.tolist()}.")
+
+    def _label_indices(self, class_labels) -> np.ndarray:
+        """`class_labels` as an array, class names (str) turned into their indices."""
+        if torch.is_tensor(class_labels):
+            return np.asarray(class_labels.cpu())
+        named = [class_labels] if isinstance(class_labels, str) else class_labels
+        names = self.class_names
+        if names is not None and isinstance(named, (list, tuple)) and any(isinstance(v, str) for v in named):
+            unknown = [v for v in named if isinstance(v, str) and v not in names]
+            if unknown:
+                raise ValueError(f"unknown class name(s) {unknown}; this pipeline's classes: {', '.join(names)}.")
+            indices = [names.index(v) if isinstance(v, str) else v for v in named]
+            return np.asarray(indices[0] if isinstance(class_labels, str) else indices)
+        return np.asarray(class_labels)
 
     def _prepare_class_labels(self, class_labels, batch_size, device):
         """Labels for the UNet, or None for an unconditional UNet. No labels -> the null (unconditional) label.
@@ -215,7 +266,7 @@ class LatentDDPMPipeline(DiffusionPipeline):
         null_label = num_class_embeds - 1  # trained as the "no class" label for classifier-free guidance
         if class_labels is None:
             return torch.full((batch_size,), null_label, device=device, dtype=torch.long)
-        labels = np.asarray(class_labels.cpu() if torch.is_tensor(class_labels) else class_labels)
+        labels = self._label_indices(class_labels)
         if labels.ndim == 0:
             labels = np.full(batch_size, labels)
         if len(labels) != batch_size:
@@ -231,8 +282,9 @@ class LatentDDPMPipeline(DiffusionPipeline):
         if image is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
             return latents * self.scheduler.init_noise_sigma
-        pad = (self.autoencoder.config.sample_size - DIGIT_SIZE) // 2
-        x = torch.nn.functional.pad(image * 2 - 1, (pad,) * 4, value=-1.0)  # background is -1
+        sample_size, size = self.autoencoder.config.sample_size, self.image_size
+        top = (sample_size - size) // 2  # as the training data was padded: centred, the odd pixel after
+        x = torch.nn.functional.pad(image * 2 - 1, (top, sample_size - size - top) * 2, value=-1.0)  # background -1
         x = x.to(device=device, dtype=self.autoencoder.dtype)
         latents = (self.autoencoder.encode(x).latents * self.autoencoder.config.scaling_factor).to(dtype)
         if timestep is None:
@@ -260,12 +312,18 @@ class LatentDDPMPipeline(DiffusionPipeline):
         return extra
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents -> float (N, 1, 28, 28) in [0, 1]: unscale, decode, clamp, rescale, crop the padding."""
+        """Scaled latents -> float (N, C, H, W) in [0, 1]: unscale, decode, clamp, rescale, crop the padding."""
         z = latents / self.autoencoder.config.scaling_factor
         image = self.autoencoder.decode(z.to(self.autoencoder.dtype)).sample
         image = (image.clamp(-1, 1) + 1) / 2
-        pad = (self.autoencoder.config.sample_size - DIGIT_SIZE) // 2
-        return image[:, :, pad : pad + DIGIT_SIZE, pad : pad + DIGIT_SIZE]
+        size = self.image_size
+        top = (self.autoencoder.config.sample_size - size) // 2
+        return image[:, :, top : top + size, top : top + size]
+
+    def _frame(self, latents) -> np.ndarray:
+        """One intermediate: decoded, on the CPU, (N, H, W) for grayscale or (N, H, W, C) for colour."""
+        x = self.decode_latents(latents).float().cpu()
+        return (x[:, 0] if x.shape[1] == 1 else x.permute(0, 2, 3, 1)).numpy()
 
     def _check_consistency_scheduler(self, num_inference_steps):
         """LCMScheduler samples on the distillation's grid, so it cannot take more steps than the grid has; any
@@ -298,7 +356,7 @@ class LatentDDPMPipeline(DiffusionPipeline):
         guidance_scale: float = 1.0,
         return_intermediates: bool = False,
     ) -> LatentDDPMPipelineOutput | tuple:
-        r"""Generate digits from noise, or from given digits (img2img).
+        r"""Generate images from noise, or from given images (img2img).
 
         Args:
             batch_size (`int`, defaults to 1):
@@ -312,8 +370,8 @@ class LatentDDPMPipeline(DiffusionPipeline):
             eta (`float`, defaults to 0.0):
                 DDIM's eta (0: deterministic); schedulers whose `step` takes no `eta` ignore it.
             output_type (`str`, defaults to `"pil"`):
-                `"pil"` (list of 28x28 grayscale images), `"np"` (float32 (N, 28, 28, 1) in [0, 1]) or `"pt"`
-                (float (N, 1, 28, 28) in [0, 1]).
+                `"pil"` (list of grayscale or RGB images, H x W), `"np"` (float32 (N, H, W, C) in [0, 1]) or `"pt"`
+                (float (N, C, H, W) in [0, 1]). H, W and C come from the autoencoder's config (28, 28, 1 for digits).
             return_dict (`bool`, defaults to `True`):
                 Return a `LatentDDPMPipelineOutput` rather than a tuple `(images,)` / `(images, intermediates)`.
             callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*):
@@ -321,13 +379,15 @@ class LatentDDPMPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`):
                 The tensors passed in `callback_kwargs`.
             image (*optional*):
-                Digits to start from: (N, 28, 28), (N, 1, 28, 28) or (N, 28, 28, 1), float in [0, 1] or uint8, numpy
-                or torch, or a list of PIL images. They are encoded, noised to the level `strength` sets and denoised.
+                Images to start from, of the pipeline's size and channels: (N, H, W) (grayscale), (N, C, H, W) or
+                (N, H, W, C), float in [0, 1] or uint8, numpy or torch, or a list of PIL images. They are encoded,
+                noised to the level `strength` sets and denoised.
             strength (`float`, defaults to 1.0):
                 With `image`, the fraction of the schedule to run: 1 starts from almost pure noise, 0 runs no step
                 and returns the autoencoder's reconstruction.
-            class_labels (`int`, list of `int`, array or tensor, *optional*):
-                Class indices (digits 0-9) for a class-conditional UNet: one int for the whole batch or one per image.
+            class_labels (`int`, `str`, list of them, array or tensor, *optional*):
+                Classes for a class-conditional UNet: indices (digits 0-9 for MNIST) or, when the pipeline has
+                `class_names`, names; one for the whole batch or one per image.
             guidance_scale (`float`, defaults to 1.0):
                 Classifier-free guidance for class-conditional UNets; 1 is a single conditional pass, no guidance.
             return_intermediates (`bool`, defaults to `False`):
@@ -347,7 +407,7 @@ class LatentDDPMPipeline(DiffusionPipeline):
         self.check_inputs(batch_size, num_inference_steps, strength, image, output_type, class_labels,
                           callback_on_step_end_tensor_inputs)
         if image is not None:
-            image = _digits_to_unit_tensor(image)
+            image = _digits_to_unit_tensor(image, self.num_channels, self.image_size)
             if batch_size not in (1, len(image)):
                 raise ValueError(f"`batch_size` ({batch_size}) must be 1 or match the number of images ({len(image)}).")
             batch_size = len(image)
@@ -379,7 +439,7 @@ class LatentDDPMPipeline(DiffusionPipeline):
 
         # 3. Denoising loop (no progress bar when there is nothing to denoise: strength 0)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
-        intermediates = [self.decode_latents(latents)[:, 0].float().cpu().numpy()] if return_intermediates else None
+        intermediates = [self._frame(latents)] if return_intermediates else None
         bar = self.progress_bar(total=len(timesteps)) if len(timesteps) > 0 else contextlib.nullcontext()
         with bar as progress_bar:
             for i, t in enumerate(timesteps):
@@ -398,10 +458,10 @@ class LatentDDPMPipeline(DiffusionPipeline):
                     callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
                     latents = callback_outputs.pop("latents", latents)
                 if return_intermediates:
-                    intermediates.append(self.decode_latents(latents)[:, 0].float().cpu().numpy())
+                    intermediates.append(self._frame(latents))
                 progress_bar.update()
 
-        # 4. Decode: unscale, decode, clamp to [0, 1], crop the 32x32 back to 28x28
+        # 4. Decode: unscale, decode, clamp to [0, 1], crop the padding (32x32 back to 28x28 for digits)
         images = self.decode_latents(latents)
 
         # 5. Convert to the requested output type

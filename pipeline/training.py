@@ -89,9 +89,10 @@ def tensorboard_writer(accelerator):
     if not accelerator.is_main_process:
         return None
     try:
-        return accelerator.get_tracker("tensorboard", unwrap=True)
+        writer = accelerator.get_tracker("tensorboard", unwrap=True)
     except (ValueError, KeyError):
         return None
+    return writer if hasattr(writer, "add_image") else None  # report_to none: accelerate's empty GeneralTracker
 
 
 class BatchOrder:

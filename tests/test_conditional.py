@@ -222,11 +222,16 @@ def test_every_shipped_config_is_valid(path):
     if path.stem.startswith("distill"):
         cls = DistillConfig
     cfg = parse_config(cls, ["--config", str(path)])
-    if path.stem.startswith("fashion"):
-        assert cfg.dataset == "zalando-datasets/fashion_mnist" and cfg.output_dir.startswith("runs/fashion")
+    others = {"fashion": ("zalando-datasets/fashion_mnist", "runs/fashion"),
+              "emoji": ("emoji-datasource-google", "runs/emoji"), "cifar10": ("uoft-cs/cifar10", "runs/cifar10")}
+    prefix = path.stem.split("_")[0]
+    if prefix in others:
+        dataset, runs = others[prefix]
+        assert cfg.dataset == dataset and cfg.output_dir.startswith(runs)
         if cls is LatentDDPMTrainConfig:
-            assert cfg.autoencoder.startswith("runs/fashion")  # never MNIST latents
+            assert cfg.autoencoder.startswith(runs)  # never another dataset's latents
     else:
         assert cfg.dataset == "ylecun/mnist"
     if cls is LatentDDPMTrainConfig:
-        assert cfg.conditioning == ("class" if "class" in path.stem else "none")
+        colour = prefix in ("emoji", "cifar10")  # class-conditional on their categories
+        assert cfg.conditioning == ("class" if "class" in path.stem or colour else "none")
