@@ -290,11 +290,12 @@ def test_evaluate_autoencoder_honours_num_samples_and_writes_beside_training(jud
 def test_perfect_reconstructions_score_exactly_the_floor(judge, mnist_dir):
     # The reconstructed column must use the floor's own digits: an autoencoder that returns its input
     # scores what real digits score, at every sample size.
-    from pipeline.autoencoder import DecoderOutput, EncoderOutput
+    from pipeline.autoencoder import CABAutoencoder, DecoderOutput, EncoderOutput
     from pipeline.evaluate import score_reconstructions
 
     class Identity(torch.nn.Module):
         device, dtype = torch.device("cpu"), torch.float32
+        config = CABAutoencoder().config  # the input size and padding of the real thing
 
         def encode(self, x):
             return EncoderOutput(latents=x)  # as CABAutoencoder.encode returns

@@ -128,7 +128,9 @@ def test_a_new_learning_rate_and_more_steps_take_effect_on_resume(mnist_dir, tin
 @slow
 def test_one_run_per_folder_and_a_stale_lock_is_taken_over(mnist_dir, tiny_autoencoder_run, tmp_path):
     out = tmp_path / "shared"
-    args = ddpm_args(mnist_dir, tiny_autoencoder_run, out, steps=40, extra=["--skip_figures"])
+    # long enough (tens of seconds) to still hold the folder when the second run has started up
+    args = ddpm_args(mnist_dir, tiny_autoencoder_run, out, steps=600,
+                     extra=["--skip_figures", "--checkpointing_steps", "200"])
     first = subprocess.Popen([sys.executable, str(REPO / "train_latent_ddpm.py"), *args], cwd=REPO,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lock = out / ".lock"
@@ -142,7 +144,7 @@ def test_one_run_per_folder_and_a_stale_lock_is_taken_over(mnist_dir, tiny_autoe
     (line,) = error_lines(second)
     assert f"is in use by another run (process {first.pid})" in line
     steps = [int(r.split(",")[0]) for r in (out / "loss.csv").read_text().split()[1:]]
-    assert steps == sorted(set(steps)) and steps[-1] == 40  # one run's rows, once each
+    assert steps == sorted(set(steps)) and steps[-1] == 600  # one run's rows, once each
 
     # A lock left by a run that died (its process is gone): taken over with a note.
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
