@@ -6,7 +6,6 @@ and their common arguments. Every script runs from the repository root as a modu
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -90,13 +89,6 @@ def pipeline_folder(path) -> Path:
     if not (folder / "model_index.json").is_file():
         sys.exit(f"--pipeline {folder} is not a pipeline folder (no model_index.json); pass a training run's output_dir")
     return folder
-
-
-def fingerprint(model) -> str:
-    h = hashlib.sha1()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode() + t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def hardware(device):

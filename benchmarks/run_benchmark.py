@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import pixel_ddpm, project, report, sampling
-from benchmarks.common import add_commit_option, fingerprint, hardware, machine_name, provenance
+from benchmarks.common import add_commit_option, hardware, machine_name, provenance
 
 FULL = dict(num_samples=10_000, ddpm_samples=2_000, max_batch=10_000, dpm_steps=(10, 20, 50), throughput_steps=20,
             sweep_batches=(1, 10, 100, 1_000, 10_000), baseline_train_images=None, baseline_unet={}, baseline_hparams={})
@@ -131,11 +131,11 @@ def main(argv=None):
     # trained on the CPU, which repeats exactly on the same software, so the two halves of a
     # split run (--only) are scored by the same judge; the fingerprint lets --merge check that.
     from pipeline.classifier import classifier_accuracy, get_classifier
-    from pipeline.metrics import get_reference
+    from pipeline.metrics import get_reference, judge_fingerprint
 
     classifier = get_classifier(data_dir=args.data_dir, device="cpu")
     judge = (classifier, get_reference(data_dir=args.data_dir, classifier=classifier))
-    result["judge"] = {"fingerprint": fingerprint(classifier), "test_accuracy": classifier_accuracy()}
+    result["judge"] = {"fingerprint": judge_fingerprint(classifier), "test_accuracy": classifier_accuracy()}
     result["real_data_floor"] = judge[1].floor
     samples = {}
     if args.only != "baseline":

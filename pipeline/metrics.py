@@ -106,9 +106,8 @@ def fid_metric(extractor, real_state=None):
 
     fid = FrechetInceptionDistance(feature=extractor, reset_real_features=False)
     if real_state is not None:
-        # merge_state adds the cached sums to the metric's zeros: the public way to restore a state
-        zeros = {k: torch.zeros_like(v) if isinstance(v, torch.Tensor) else v for k, v in fid.metric_state.items()}
-        fid.merge_state({**zeros, **{k: torch.as_tensor(real_state[k]) for k in FID_REAL_STATES}})
+        # merge_state adds the cached real sums to a fresh metric's zeros: the public way to restore a state
+        fid.merge_state({**fid.metric_state, **{k: torch.as_tensor(real_state[k]) for k in FID_REAL_STATES}})
     return fid
 
 
