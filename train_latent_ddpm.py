@@ -251,6 +251,21 @@ def card_dataset(cfg):
     return None if cfg.train_data_dir else cfg.dataset
 
 
+def class_accuracy_check(pipe, cfg, out) -> dict:
+    """A class-conditional model at its eval_guidance_scale: every class equally often, does the judge see
+    the class that was asked for? (guidance.json / guidance.png in `out`, as `pipeline.evaluate --guidance_scales`)"""
+    from pipeline.guidance import guidance_sweep, num_classes_of
+
+    k = num_classes_of(pipe)
+    n = max(k, cfg.eval_num_samples - cfg.eval_num_samples % k)
+    result = guidance_sweep(pipe, out, [cfg.eval_guidance_scale], num_samples=n,
+                            num_inference_steps=cfg.num_inference_steps, seed=cfg.seed, dataset=cfg.dataset,
+                            data_dir=cfg.data_dir, spec=cfg)
+    row = result["scales"][0]
+    return dict(eval_guidance_scale=cfg.eval_guidance_scale, class_accuracy=row["class_accuracy"],
+                class_accuracy_floor=result["floor"]["class_accuracy"], guided_fid=row["fid"])
+
+
 def finish(pipe, cfg, out, loss_log, clock, stop):
     from pipeline.evaluate import evaluate_pipeline
     from pipeline.export import push_folder, save_pipeline_folder, write_model_card
@@ -271,6 +286,8 @@ def finish(pipe, cfg, out, loss_log, clock, stop):
         metrics = evaluate_pipeline(pipe, num_samples=cfg.eval_num_samples, num_inference_steps=cfg.num_inference_steps,
                                     scheduler="dpm", seed=cfg.seed, output_dir=out / "evaluation",
                                     dataset=cfg.dataset, data_dir=cfg.data_dir, spec=cfg)
+        if cfg.conditioning == "class" and metrics.get("fid") is not None:
+            metrics.update(class_accuracy_check(pipe, cfg, out / "evaluation"))
         clock.lap("evaluation")
     # The model card again, now with the sample grid and the measured metrics.
     grid = out / "samples.png"

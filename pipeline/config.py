@@ -167,6 +167,8 @@ class LatentDDPMTrainConfig(TrainConfig):
     save_images_steps: int = option(500, "decoded sample grids to TensorBoard this often")
     num_inference_steps: int = option(20, "steps for the pictures made at the end (DPM-Solver++)")
     eval_num_samples: int = option(10000, "score this many samples at the end (FID etc.); 0 skips it")
+    eval_guidance_scale: float = option(1.5, "class-conditional: guidance of the pictures, and of the end's class "
+                                        "accuracy check (every class equally often, guidance.json)")
     push_to_hub: bool = option(False, "upload the pipeline folder at the end (not checkpoints or logs)")
     hub_model_id: Optional[str] = option(None, "the Hub repo to push to, user/name")
     hub_token: Optional[str] = option(None, "the Hub token, else HF_TOKEN or `hf auth login`; never saved")
@@ -187,6 +189,8 @@ class LatentDDPMTrainConfig(TrainConfig):
             raise UserError(f"class_dropout must be in [0, 1), got {self.class_dropout}")
         if self.eval_num_samples < 0:
             raise UserError(f"eval_num_samples must be >= 0, got {self.eval_num_samples}")
+        if not self.eval_guidance_scale >= 0:
+            raise UserError(f"eval_guidance_scale must be >= 0 (1: no guidance), got {self.eval_guidance_scale}")
         if self.ddpm_num_steps < 2 or self.num_inference_steps < 1 or self.save_images_steps < 1:
             raise UserError("ddpm_num_steps must be >= 2, num_inference_steps and save_images_steps >= 1")
         u = self.unet

@@ -26,10 +26,10 @@ guidance.png (see pipeline/guidance.py). Without it, a class-conditional pipelin
 unconditional samples (the null label), like any other.
 
 Other datasets (pipeline/image_data.py: Hub ids, image folders, colour): the data options are read
-from the run's training_config.yaml. An autoencoder gets PSNR/SSIM (colour: over all channels); a
-pipeline gets its samples (samples.npz: (N, H, W) or (N, 3, H, W)) and speed. FID / precision / recall
-need a judge trained on the dataset's labels, and labelled data: for an unlabelled dataset one line
-says so; the MNIST judge (pipeline/classifier.py) scores MNIST-style IDX data only.
+from the run's training_config.yaml, and the judge is trained on that dataset's own labels, at the
+pipeline's size and channels (samples.npz: (N, H, W) or (N, 3, H, W)); PSNR/SSIM of colour images are
+over all channels. FID / precision / recall need labelled data: for an unlabelled dataset the
+reconstruction scores, samples and speed are written, and one line says why there is no FID.
 
 Same seed, same settings, same device => same samples and the same scores.
 In-process (e.g. at the end of training): `evaluate_pipeline(pipe, output_dir, ...)` and
@@ -48,6 +48,7 @@ import yaml
 from pipeline.errors import UserError, first_line, run_cli
 
 MIN_SAMPLES = 10  # precision/recall need k+1 neighbours; below this the numbers mean nothing
+MIN_JUDGE_TEST = 100  # labelled test images a judge is checked on and real statistics come from, at least
 TABLE = [("fid", "FID", "lower is better (torchmetrics)"), ("kid", "KID", "lower is better, unbiased (torchmetrics)"),
          ("precision", "precision", "realism (prdc, k=3)"), ("recall", "recall", "variety covered (prdc)"),
          ("density", "density", "realism, robust to outliers (prdc)"), ("coverage", "coverage", "variety (prdc)"),
@@ -194,14 +195,45 @@ def data_spec(path: Path, dataset: str, data_dir=None, train_data_dir=None):
 
 
 def no_judge_line(spec) -> str:
-    """Why FID / precision / recall are not computed for this data, in one line."""
-    from pipeline.image_data import describe_source, load_images
+    """Why FID / precision / recall are not computed for this (unlabelled) data, in one line."""
+    from pipeline.image_data import describe_source
 
-    labelled = load_images("test", spec).labels is not None
-    if not labelled:
-        return f"FID / precision / recall need labelled data (a judge is trained on the labels): {describe_source(spec)} has none"
-    return (f"FID / precision / recall: the judge (pipeline/classifier.py) scores MNIST-style digits only, not "
-            f"{describe_source(spec)}; reconstruction scores and samples only")
+    return f"FID / precision / recall need labelled data (a judge is trained on the labels): {describe_source(spec)} has none"
+
+
+def judge_for(spec, dataset, data_dir, autoencoder):
+    """(JudgeData, None) for the data a model was trained on, at its autoencoder's size and channels;
+    (None, the reason in one line) for data without labels."""
+    from pipeline.classifier import judge_data
+    from pipeline.image_data import is_idx
+
+    if spec is None or is_idx(spec):
+        return judge_data(dataset, data_dir), None
+    cfg = autoencoder.config
+    data = judge_data(dataset, spec=spec, size=getattr(cfg, "image_size", 28), channels=cfg.in_channels)
+    if not data.labelled:
+        return None, no_judge_line(spec)
+    n = len(data.load("test")[0])
+    if n < MIN_JUDGE_TEST:
+        return None, (f"FID / precision / recall: {data.name} has {n} labelled test images; the judge's accuracy "
+                      f"and the real statistics need at least {MIN_JUDGE_TEST} (a test split, or 10x as many "
+                      "images for the 10% hold-out)")
+    return data, None
+
+
+def run_judge_data(path, dataset=None, data_dir=None, train_data_dir=None):
+    """The JudgeData of a run folder (a pipeline or an autoencoder): its training data at its size and channels."""
+    from pipeline.latent_cache import load_autoencoder
+
+    path = Path(path).expanduser()
+    kind = model_kind(path)
+    dataset = pick_dataset(path, dataset)
+    spec = data_spec(path, dataset, data_dir, train_data_dir)
+    autoencoder = load_autoencoder(path / "autoencoder" if kind == "pipeline" else path)
+    data, why_not = judge_for(spec, dataset, data_dir, autoencoder)
+    if data is None:
+        raise UserError(why_not)
+    return data
 
 
 def load_pipeline(path: Path, device):
@@ -244,8 +276,9 @@ def print_table(metrics: dict):
         print(f"{label:16}{metrics[key]:10.4g}{metrics[key + '_floor']:11.4g}{metrics[key + '_reconstructed']:15.4g}"
               f"   {hint}")
     hist = " ".join(str(c) for c in metrics["class_histogram"])
-    print(f"classes 0-9     {hist}")
-    print(f"speed           {metrics['digits_per_second']:.1f} digits/s "
+    classes = f"classes 0-{len(metrics['class_histogram']) - 1}"
+    print(f"{classes:16}{hist}")
+    print(f"speed           {metrics['digits_per_second']:.1f} images/s "
           f"({metrics['scheduler']}, {metrics['num_inference_steps']} steps)")
 
 
@@ -271,12 +304,12 @@ def score_reconstructions(autoencoder, classifier, reference, num_samples, train
     return {f"{key}_reconstructed": scores[key] for key, _, _ in TABLE}
 
 
-def judge_record(classifier, dataset) -> dict:
+def judge_record(classifier, data) -> dict:
     """Which judge gave the scores: its architecture, weights fingerprint and test accuracy, for metrics.json."""
     from pipeline.classifier import classifier_accuracy
     from pipeline.metrics import judge_fingerprint
 
-    return dict(classifier_accuracy=classifier_accuracy(dataset), classifier_fingerprint=judge_fingerprint(classifier),
+    return dict(classifier_accuracy=classifier_accuracy(data), classifier_fingerprint=judge_fingerprint(classifier),
                 classifier_architecture=classifier.config.model_type)
 
 
@@ -288,9 +321,9 @@ def _write_metrics(metrics: dict, out: Path):
 def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=20, scheduler="dpm", seed=0,
                       batch_size=1000, dataset="ylecun/mnist", data_dir=None, spec=None) -> dict:
     """Sample with `pipe` (left untouched: a copy gets `scheduler`), score, write the three files, return metrics.
-    `spec`: the training config (or data_spec) for data other than the IDX datasets: samples and speed only."""
+    `spec`: the training config (or data_spec) for data other than the IDX datasets; unlabelled data gets
+    samples and speed only."""
     from pipeline.classifier import get_classifier
-    from pipeline.data import load_digits
     from pipeline.metrics import get_reference, score_digits
     from pipeline.schedulers import with_scheduler
     from pipeline.visualisation import save_grid
@@ -298,13 +331,13 @@ def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=
     if num_samples < MIN_SAMPLES:
         raise UserError(f"--num_samples {num_samples} is too few to score; use at least {MIN_SAMPLES}")
     out = _prepare(output_dir)
-    from pipeline.image_data import is_idx
-    if spec is not None and not is_idx(spec):
-        return _samples_only(pipe, out, spec, num_samples, batch_size, num_inference_steps, scheduler, seed)
-    # The judge and the real digits first: if they cannot be had (no data), fail before spending time on sampling.
-    classifier = get_classifier(dataset, data_dir, device=pipe.device)
-    reference = get_reference(dataset, data_dir, classifier)
-    train_images, _ = load_digits("train", dataset=dataset, data_dir=data_dir)
+    data, why_not = judge_for(spec, dataset, data_dir, pipe.autoencoder)
+    if data is None:
+        return _samples_only(pipe, out, spec, why_not, num_samples, batch_size, num_inference_steps, scheduler, seed)
+    # The judge and the real images first: if they cannot be had (no data), fail before spending time on sampling.
+    classifier = get_classifier(data, device=pipe.device)
+    reference = get_reference(data, classifier=classifier)
+    train_images = data.load("train")[0]
     sampler = with_scheduler(pipe, scheduler)
 
     start = time.perf_counter()
@@ -318,18 +351,17 @@ def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=
     metrics.update(scheduler=scheduler, num_inference_steps=num_inference_steps, seed=seed, batch_size=batch_size,
                    device=str(pipe.device), sampling_seconds=round(seconds, 3),
                    digits_per_second=round(num_samples / seconds, 2),
-                   **judge_record(classifier, dataset), dataset=dataset)
+                   **judge_record(classifier, data), dataset=data.name)
     print_table(metrics)
     _write_metrics(metrics, out)
     return metrics
 
 
-def _samples_only(pipe, out, spec, num_samples, batch_size, num_inference_steps, scheduler, seed) -> dict:
-    """Samples, their grid and the sampling speed for data the judge cannot score, with the line saying why."""
+def _samples_only(pipe, out, spec, reason, num_samples, batch_size, num_inference_steps, scheduler, seed) -> dict:
+    """Samples, their grid and the sampling speed for unlabelled data, with the line saying why there is no FID."""
     from pipeline.schedulers import with_scheduler
     from pipeline.visualisation import save_grid
 
-    reason = no_judge_line(spec)
     start = time.perf_counter()
     images = sample_digits(with_scheduler(pipe, scheduler), num_samples, batch_size, num_inference_steps, seed)
     seconds = time.perf_counter() - start
@@ -337,9 +369,9 @@ def _samples_only(pipe, out, spec, num_samples, batch_size, num_inference_steps,
     save_grid(images[:100], out / "samples.png", nrow=10)
     metrics = dict(scheduler=scheduler, num_inference_steps=num_inference_steps, seed=seed, batch_size=batch_size,
                    device=str(pipe.device), sampling_seconds=round(seconds, 3),
-                   images_per_second=round(num_samples / seconds, 2), num_samples=num_samples,
+                   digits_per_second=round(num_samples / seconds, 2), num_samples=num_samples,
                    dataset=spec.train_data_dir or spec.dataset, fid=None, not_scored=reason)
-    print(f"speed           {metrics['images_per_second']:.1f} images/s ({scheduler}, {num_inference_steps} steps)")
+    print(f"speed           {metrics['digits_per_second']:.1f} images/s ({scheduler}, {num_inference_steps} steps)")
     print(reason)
     _write_metrics(metrics, out)
     return metrics
@@ -349,43 +381,39 @@ def evaluate_autoencoder(autoencoder, output_dir, batch_size=1000, dataset="ylec
                          num_samples=None, spec=None) -> dict:
     """PSNR/SSIM of reconstructions of the first `num_samples` test images (None: all), and the judge's scores
     of as many reconstructed training images next to the floor at that size; writes metrics.json and
-    reconstructions.png."""
+    reconstructions.png. Unlabelled data: PSNR/SSIM only, and the line saying why."""
     from pipeline.classifier import get_classifier
-    from pipeline.data import load_digits
+    from pipeline.image_data import load_images
     from pipeline.latent_cache import encode_decode
-    from pipeline.metrics import FLOOR_SIZE, get_reference, psnr_ssim
+    from pipeline.metrics import get_reference, psnr_ssim
     from pipeline.visualisation import reconstruction_figure
 
-    from pipeline.image_data import is_idx, load_images
-
     out = _prepare(output_dir)
-    if spec is not None and not is_idx(spec):  # colour or other data: reconstruction scores only
+    data, why_not = judge_for(spec, dataset, data_dir, autoencoder)
+    if data is not None:
+        originals = data.load("test")[0]
+    else:
         cfg = autoencoder.config
-        originals = load_images("test", spec, cfg.image_size, cfg.in_channels).images[:num_samples]
-        _, recons = encode_decode(autoencoder, originals, batch_size)
-        scores = psnr_ssim(originals, recons)
-        reconstruction_figure(originals, recons, out / "reconstructions.png")
-        metrics = dict(psnr=scores["psnr"], ssim=scores["ssim"], num_images=scores["num_images"],
-                       dataset=spec.train_data_dir or spec.dataset, not_scored=no_judge_line(spec))
-        print(f"\nreconstruction of {scores['num_images']} test images: "
-              f"PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f} (perfect: inf, 1)\n{metrics['not_scored']}")
-        _write_metrics(metrics, out)
-        return metrics
-    originals, _ = load_digits("test", dataset=dataset, data_dir=data_dir)
+        originals = load_images("test", spec, cfg.image_size, cfg.in_channels).images
     originals = originals[:num_samples]
-    n = min(len(originals), FLOOR_SIZE)
-    train_images, _ = load_digits("train", dataset=dataset, data_dir=data_dir)
     _, recons = encode_decode(autoencoder, originals, batch_size)
     scores = psnr_ssim(originals, recons)
     reconstruction_figure(originals, recons, out / "reconstructions.png")
-    metrics = dict(psnr=scores["psnr"], ssim=scores["ssim"], num_images=scores["num_images"], dataset=dataset)
-    classifier = get_classifier(dataset, data_dir, device=autoencoder.device)
-    metrics.update(judge_record(classifier, dataset))
+    metrics = dict(psnr=scores["psnr"], ssim=scores["ssim"], num_images=scores["num_images"],
+                   dataset=data.name if data is not None else spec.train_data_dir or spec.dataset)
     print(f"\nreconstruction of {scores['num_images']} test images: "
           f"PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f} (perfect: inf, 1)")
+    if data is None:
+        metrics["not_scored"] = why_not
+        print(why_not)
+        _write_metrics(metrics, out)
+        return metrics
 
-    reference = get_reference(dataset, data_dir, classifier)
-    metrics.update(score_reconstructions(autoencoder, classifier, reference, n, train_images, batch_size))
+    classifier = get_classifier(data, device=autoencoder.device)
+    metrics.update(judge_record(classifier, data))
+    reference = get_reference(data, classifier=classifier)
+    n = min(len(originals), reference.pool_size)
+    metrics.update(score_reconstructions(autoencoder, classifier, reference, n, data.load("train")[0], batch_size))
     floor = reference.floor_for(n, classifier)
     metrics.update({f"{key}_floor": floor[key] for key, _, _ in TABLE}, floor_num_samples=n)
     print(f"\n{'':16}{'reconstructed':>15}{'real data':>11}   ({n} training images vs the test split)")
@@ -425,10 +453,7 @@ def main(argv=None):
         raise UserError(str(e))
     if args.guidance_scales is not None:
         from pipeline.guidance import guidance_sweep
-        from pipeline.image_data import is_idx
-        if not is_idx(spec):
-            raise UserError(f"--guidance_scales measures class accuracy with the judge: {no_judge_line(spec)}")
-        return guidance_sweep(pipe, out, args.guidance_scales, **settings)
+        return guidance_sweep(pipe, out, args.guidance_scales, spec=spec, **settings)
     return evaluate_pipeline(pipe, out, spec=spec, **settings)
 
 

@@ -151,7 +151,7 @@ def _model_card(pipe, metrics, has_grid, dataset, license, repo_id) -> str:
     ]
     if conditional:
         lines += ["", "# class-conditional, with classifier-free guidance",
-                  "images = pipe(batch_size=10, class_labels=list(range(10)), guidance_scale=2.0).images"]
+                  f"images = pipe(class_labels={list(range(unet.num_class_embeds - 1))}, guidance_scale=2.0).images"]
     lines += [
         "```", "",
         "Few-step sampling with DPM-Solver++ (`trailing` spacing starts the schedule at the last training step):", "",
@@ -159,8 +159,9 @@ def _model_card(pipe, metrics, has_grid, dataset, license, repo_id) -> str:
         "pipe.scheduler = DPMSolverMultistepScheduler.from_config(",
         '    pipe.scheduler.config, algorithm_type="dpmsolver++", timestep_spacing="trailing"',
         ")", "images = pipe(batch_size=16, num_inference_steps=10).images", "```", "",
-        "`output_type=\"np\"` gives a float array (N, 28, 28, 1) in [0, 1]. Passing `image=` (digits in [0, 1]) and"
-        " `strength=` edits existing digits SDEdit-style; `strength=0` returns the autoencoder reconstruction.", "",
+        f"`output_type=\"np\"` gives a float array (N, {size}, {size}, {channels}) in [0, 1]. Passing `image=`"
+        f" ({'digits' if digits else 'images'} in [0, 1]) and `strength=` edits existing ones SDEdit-style;"
+        " `strength=0` returns the autoencoder reconstruction.", "",
     ]
     if metrics:
         lines += ["## Evaluation", "",

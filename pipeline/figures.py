@@ -22,14 +22,14 @@ def pipeline_figures(pipe, cfg, out):
     # A 10x10 grid (10 rows of one column per class) with the fast solver users will sample with.
     k = pipe.unet.config.num_class_embeds - 1 if cfg.conditioning == "class" else 10
     fast = with_scheduler(pipe, "dpm")
-    kwargs = {"class_labels": list(range(k)) * 10, "guidance_scale": 1.5} if cfg.conditioning == "class" else {}
+    kwargs = {"class_labels": list(range(k)) * 10, "guidance_scale": cfg.eval_guidance_scale} if cfg.conditioning == "class" else {}
     grid = fast(batch_size=10 * k, generator=gen, num_inference_steps=cfg.num_inference_steps, output_type="np",
                 **kwargs).images
     visualisation.save_grid(grid, out / "samples.png", nrow=k)
 
     # x_T -> x_0 with DDIM-50: enough frames for a smooth strip and GIF, cheap on a CPU.
     ddim = with_scheduler(pipe, "ddim")
-    kwargs = {"class_labels": [i % min(k, 8) for i in range(64)], "guidance_scale": 1.5} \
+    kwargs = {"class_labels": [i % min(k, 8) for i in range(64)], "guidance_scale": cfg.eval_guidance_scale} \
         if cfg.conditioning == "class" else {}
     res = ddim(batch_size=64, generator=torch.Generator(device).manual_seed(cfg.seed + 1), num_inference_steps=50,
                output_type="np", return_intermediates=True, **kwargs)

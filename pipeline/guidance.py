@@ -56,9 +56,11 @@ def cycling_labels(num_samples: int, num_classes: int) -> np.ndarray:
 
 
 def guidance_sweep(pipe, output_dir, guidance_scales, num_samples=10_000, num_inference_steps=20, scheduler="dpm",
-                   seed=0, batch_size=1000, dataset="ylecun/mnist", data_dir=None) -> dict:
-    """Sample and score `pipe` (left untouched: a copy gets `scheduler`) at each scale; write the files, return them."""
+                   seed=0, batch_size=1000, dataset="ylecun/mnist", data_dir=None, spec=None) -> dict:
+    """Sample and score `pipe` (left untouched: a copy gets `scheduler`) at each scale; write the files, return them.
+    `spec`: the training config (or data_spec) for data other than the IDX datasets."""
     from pipeline.classifier import classifier_accuracy, get_classifier, predict
+    from pipeline.evaluate import judge_for
     from pipeline.schedulers import with_scheduler
     from pipeline.metrics import get_reference, score_digits
     from pipeline.visualisation import save_grid
@@ -67,12 +69,15 @@ def guidance_sweep(pipe, output_dir, guidance_scales, num_samples=10_000, num_in
     if num_samples < MIN_SAMPLES:
         raise UserError(f"--num_samples {num_samples} is too few to score; use at least {MIN_SAMPLES}")
     labels = cycling_labels(num_samples, num_classes)
+    data, why_not = judge_for(spec, dataset, data_dir, pipe.autoencoder)
+    if data is None:
+        raise UserError(f"--guidance_scales measures class accuracy with the judge: {why_not}")
     out = _prepare(output_dir)
-    classifier = get_classifier(dataset, data_dir, device=pipe.device)
+    classifier = get_classifier(data, device=pipe.device)
     if classifier.config.num_labels != num_classes:
-        raise UserError(f"the pipeline has {num_classes} classes but the {dataset} judge has "
+        raise UserError(f"the pipeline has {num_classes} classes but the {data.name} judge has "
                         f"{classifier.config.num_labels}; pass the --dataset it was trained on")
-    reference = get_reference(dataset, data_dir, classifier)
+    reference = get_reference(data, classifier=classifier)
     sampler = with_scheduler(pipe, scheduler)
 
     rows = []
@@ -90,9 +95,9 @@ def guidance_sweep(pipe, output_dir, guidance_scales, num_samples=10_000, num_in
             **{k: scores[k] for k in (*FLOOR_KEYS, "class_histogram")}, sampling_seconds=round(seconds, 3)))
 
     floor = {k: reference.floor_for(num_samples, classifier)[k] for k in FLOOR_KEYS}
-    floor["class_accuracy"] = classifier_accuracy(dataset)  # the judge on real test digits
+    floor["class_accuracy"] = classifier_accuracy(data)  # the judge on real test images
     result = dict(scales=rows, floor=floor, num_samples=num_samples, num_inference_steps=num_inference_steps,
-                  scheduler=scheduler, seed=seed, batch_size=batch_size, device=str(pipe.device), dataset=dataset)
+                  scheduler=scheduler, seed=seed, batch_size=batch_size, device=str(pipe.device), dataset=data.name)
     print_table(result)
     (out / "guidance.json").write_text(json.dumps(result, indent=2) + "\n")
     plot_guidance(result, out / "guidance.png")

@@ -139,19 +139,20 @@ class Reference:
     floor: dict  # what FLOOR_SIZE real training images score
     folder: object = None  # where floors.json lives
     train_images: object = None  # callable -> the first FLOOR_SIZE training images, loaded when a floor needs them
+    pool_size: int = FLOOR_SIZE  # how many training images the floor draws from (fewer for a small dataset)
 
     def floor_pick(self, num_samples: int) -> np.ndarray:
-        """Which of the first FLOOR_SIZE training images make the floor for `num_samples` samples.
+        """Which of the first `pool_size` training images make the floor for `num_samples` samples.
 
         A fixed random subset, not the first N: samples are drawn independently, while neighbouring
         MNIST digits share writers (the first 2,000 score higher than most random 2,000 do)."""
-        if num_samples >= FLOOR_SIZE:
-            return np.arange(FLOOR_SIZE)
-        return np.random.default_rng(0).permutation(FLOOR_SIZE)[:num_samples]
+        if num_samples >= self.pool_size:
+            return np.arange(self.pool_size)
+        return np.random.default_rng(0).permutation(self.pool_size)[:num_samples]
 
     def floor_for(self, num_samples: int, classifier=None) -> dict:
         """The floor a set of `num_samples` images is read against: real images scored at that size."""
-        if num_samples >= FLOOR_SIZE:
+        if num_samples >= self.pool_size:
             return self.floor
         path = self.folder / FLOORS_FILE
         floors = json.loads(path.read_text()) if path.is_file() else {}
@@ -200,7 +201,7 @@ def score_digits(images_uint8, classifier, reference: Reference) -> dict:
     scores["num_samples"] = len(images_uint8)
     for name, value in reference.floor_for(len(images_uint8), classifier).items():
         scores[f"{name}_floor"] = value
-    scores["floor_num_samples"] = min(len(images_uint8), FLOOR_SIZE)
+    scores["floor_num_samples"] = min(len(images_uint8), reference.pool_size)
     return scores
 
 
@@ -219,38 +220,42 @@ def _write_atomic(path, data: bytes):
 
 
 def get_reference(dataset="ylecun/mnist", data_dir=None, classifier=None) -> Reference:
-    """Test-split statistics + the 10,000-image floor for `dataset`, cached beside the judge (tied to its weights)."""
-    from pipeline.classifier import JudgeFeatures, classifier_dir, get_classifier, predict
-    from pipeline.data import load_digits
+    """Test-split statistics + the real-data floor for `dataset` (an IDX id or a JudgeData), cached beside the
+    judge (tied to its weights)."""
+    from pipeline.classifier import JudgeFeatures, classifier_dir, get_classifier, judge_data, predict
 
+    data = judge_data(dataset, data_dir)
     if classifier is None:
-        classifier = get_classifier(dataset, data_dir)
-    folder = classifier_dir(dataset)
+        classifier = get_classifier(data)
+    folder = classifier_dir(data)
     path = folder / REFERENCE_FILE
     fingerprint = judge_fingerprint(classifier)
 
     def train_images():
-        return load_digits("train", dataset=dataset, data_dir=data_dir)[0][:FLOOR_SIZE]
+        return data.load("train")[0][:FLOOR_SIZE]
 
     if path.is_file():
         with np.load(path) as z:
             if str(z["fingerprint"]) == fingerprint:
+                pool = int(z["pool_size"]) if "pool_size" in z else FLOOR_SIZE
                 return Reference(z["test_features"], {k: z[k] for k in FID_REAL_STATES}, json.loads(str(z["floor"])),
-                                 folder, train_images)
+                                 folder, train_images, pool)
     (folder / FLOORS_FILE).unlink(missing_ok=True)  # floors of another judge
 
-    test_x, _ = load_digits("test", dataset=dataset, data_dir=data_dir)
+    test_x, _ = data.load("test")
     test_feats, _ = predict(classifier, test_x)
     fid = fid_metric(JudgeFeatures(classifier))
     with torch.no_grad():
         for i in range(0, len(test_x), BATCH):
             fid.update(torch.as_tensor(test_x[i:i + BATCH]), real=True)
     real_state = {k: getattr(fid, k).cpu().numpy() for k in FID_REAL_STATES}
-    reference = Reference(test_feats, real_state, {}, folder, train_images)
-    reference.floor = _summary(train_images(), classifier, reference)
+    pool = train_images()
+    reference = Reference(test_feats, real_state, {}, folder, train_images, len(pool))
+    reference.floor = _summary(pool, classifier, reference)
     reference.floor.pop("class_histogram")
     buf = io.BytesIO()
-    np.savez(buf, test_features=test_feats, floor=json.dumps(reference.floor), fingerprint=fingerprint, **real_state)
+    np.savez(buf, test_features=test_feats, floor=json.dumps(reference.floor), fingerprint=fingerprint,
+             pool_size=len(pool), **real_state)
     _write_atomic(path, buf.getvalue())
     return reference
 
@@ -261,13 +266,15 @@ def get_reference(dataset="ylecun/mnist", data_dir=None, classifier=None) -> Ref
 def main(argv=None):
     import argparse
 
-    from pipeline.classifier import classifier_accuracy, get_classifier
+    from pipeline.classifier import classifier_accuracy, get_classifier, judge_data
     from pipeline.errors import UserError
     p = argparse.ArgumentParser(prog="python -m pipeline.metrics",
                                 description="What N real training images score against the test split, per N.")
     p.add_argument("--sizes", default="1000,2000,5000,10000", help="comma-separated sample sizes (10 to 10000)")
     p.add_argument("--dataset", default="ylecun/mnist", help="picks the judge, as in pipeline.evaluate")
     p.add_argument("--data_dir", default=None, help="folder with the four IDX files, if the Hub is unreachable")
+    p.add_argument("--pipeline", default=None,
+                   help="a run folder: its data (training_config.yaml), at its pipeline's size and channels")
     args = p.parse_args(argv)
     try:
         sizes = [int(s) for s in args.sizes.split(",")]
@@ -276,10 +283,14 @@ def main(argv=None):
     if not all(10 <= n <= FLOOR_SIZE for n in sizes):
         raise UserError(f"--sizes {args.sizes} must lie between 10 and {FLOOR_SIZE:,}; the floor uses the first "
                         f"{FLOOR_SIZE:,} training images")
-    classifier = get_classifier(args.dataset, args.data_dir)
-    reference = get_reference(args.dataset, args.data_dir, classifier)
-    print(f"real-data floor of {args.dataset} (judge test accuracy {classifier_accuracy(args.dataset):.2%}): "
-          f"N of the first {FLOOR_SIZE:,} training images (a fixed random pick) against the test split")
+    data = judge_data(args.dataset, args.data_dir)
+    if args.pipeline is not None:
+        from pipeline.evaluate import run_judge_data
+        data = run_judge_data(args.pipeline, args.dataset, args.data_dir)
+    classifier = get_classifier(data)
+    reference = get_reference(data, classifier=classifier)
+    print(f"real-data floor of {data.name} (judge test accuracy {classifier_accuracy(data):.2%}): "
+          f"N of the first {reference.pool_size:,} training images (a fixed random pick) against the test split")
     print(f"{'N':>7}{'FID':>9}{'KID':>10}{'precision':>11}{'recall':>9}{'density':>9}{'coverage':>10}"
           f"{'KL to uniform':>15}")
     for n in sizes:

@@ -214,12 +214,74 @@ def test_colour_folder_end_to_end_loads_with_plain_diffusers(tmp_path):
 
 
 def test_unlabelled_folder_has_no_labels_and_evaluation_says_fid_needs_them(tmp_path):
-    from pipeline.evaluate import no_judge_line
+    from pipeline.evaluate import judge_for, no_judge_line
 
     for i in range(10):  # images at the top of the folder: no class subfolders, no labels
         picture("RGB", 8, i).save(tmp_path / f"{i}.png")
     data = load_images("train", spec(train_data_dir=str(tmp_path)))
     assert data.labels is None and data.class_names is None and data.images.shape[1:] == (3, 8, 8)
     assert no_judge_line(spec(train_data_dir=str(tmp_path))).startswith("FID / precision / recall need labelled data")
-    labelled = colour_folder(tmp_path / "labelled")
-    assert "scores MNIST-style digits only" in no_judge_line(spec(train_data_dir=str(labelled)))
+    labelled = colour_folder(tmp_path / "labelled")  # 16 images: a 10% hold-out of 2, too few to judge on
+    ae = CABAutoencoder(in_channels=3, image_size=16, block_out_channels=(8, 16, 16), layers_per_block=1,
+                        norm_num_groups=4, reduction=4)
+    data, why_not = judge_for(spec(train_data_dir=str(labelled)), "none", None, ae)
+    assert data is None and "has 2 labelled test images" in why_not and "at least 100" in why_not
+
+
+def separable_colours(root, n_train=390, n_test=120, size=16):
+    """CIFAR-10's schema with three classes a judge tells apart at a glance: a red, green or blue square at a
+    random place on a dim noisy ground, each split its own Parquet file."""
+    import datasets
+
+    features = datasets.Features(img=datasets.Image(), label=datasets.ClassLabel(names=["red", "green", "blue"]))
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("test", n_test)):
+        images = []
+        for i in range(n):
+            a = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+            y, x = rng.integers(0, size // 2, 2)
+            a[y:y + size // 2, x:x + size // 2, i % 3] = 255
+            images.append(PIL.Image.fromarray(a, "RGB"))
+        rows = dict(img=images, label=[i % 3 for i in range(n)])
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(str(root / f"{split}.parquet"))
+    return root
+
+
+@pytest.mark.slow
+def test_labelled_colour_dataset_gets_its_own_judge_fid_and_class_accuracy(tmp_path):
+    from pipeline.classifier import ARCHITECTURE
+    from pipeline.evaluate import main as evaluate
+    from pipeline.paths import cache_dir
+
+    root = separable_colours(tmp_path / "squares")
+    ae, run = tmp_path / "ae", tmp_path / "pipe"
+    run_script("train_autoencoder.py", ["--dataset", str(root), "--output_dir", str(ae), "--max_train_steps", "10",
+                                        "--tsne_num_points", "20", *TINY])
+    run_script("train_latent_ddpm.py", [
+        "--config", str(REPO / "configs/latent_ddpm_class_quick.yaml"), "--dataset", str(root),
+        "--autoencoder", str(ae), "--output_dir", str(run), "--max_train_steps", "5", "--train_batch_size", "4",
+        "--checkpointing_steps", "100", "--num_inference_steps", "2", "--eval_num_samples", "30",
+        "--num_threads", "1"])
+    # the judge was trained at the end of training, on these images at the pipeline's size and channels
+    judges = list(cache_dir("judge", ARCHITECTURE).glob("squares-*-16px-3ch-white"))
+    assert len(judges) == 1, list(cache_dir("judge", ARCHITECTURE).iterdir())
+    record = json.loads((judges[0] / "accuracy.json").read_text())
+    assert record["num_train"] == 390 and record["num_test"] == 120 and "data_digest" in record
+    # the bar: halfway from always guessing one of three balanced classes to 100%; 1,400 updates at least
+    assert abs(record["min_accuracy"] - 2 / 3) < 1e-9 and record["test_accuracy"] >= record["min_accuracy"]
+    assert record["epochs"] * (390 // 128) >= 1400
+
+    metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
+    assert "not_scored" not in metrics and metrics["fid"] > metrics["fid_floor"] > 0
+    assert metrics["floor_num_samples"] == 30 and len(metrics["class_histogram"]) == 3
+    assert metrics["classifier_accuracy"] == record["test_accuracy"]
+    guided = json.loads((run / "evaluation" / "guidance.json").read_text())
+    assert guided["num_samples"] == 30 and guided["scales"][0]["guidance_scale"] == 1.5
+    assert 0 <= guided["scales"][0]["class_accuracy"] <= 1
+    card = (run / "README.md").read_text()
+    assert "| class_accuracy |" in card and "| eval_guidance_scale | 1.5 |" in card
+    assert "class_labels=[0, 1, 2]" in card and "(N, 16, 16, 3)" in card
+
+    recon = evaluate(["--pipeline", str(ae), "--num_samples", "120"])  # the autoencoder, scored by the same judge
+    assert recon["num_images"] == 120 and recon["classifier_accuracy"] == record["test_accuracy"]
+    assert recon["fid_reconstructed"] > recon["fid_floor"] and recon["floor_num_samples"] == 120
