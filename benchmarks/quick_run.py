@@ -98,7 +98,9 @@ def report(r: dict, name: str) -> str:
                      f"SSIM {ae['ssim']:.3f} |")
     if p.get("fid") is not None:
         n = p["num_samples"]
-        lines += [f"| judge test accuracy (the bar) | {p['classifier_accuracy']:.1%} |",
+        bar = (f"; balanced {p['classifier_balanced_test_accuracy']:.1%}, bar {p['classifier_min_accuracy']:.1%} "
+               f"on {p['classifier_bar_on']}" if "classifier_bar_on" in p else "")
+        lines += [f"| judge, real test images | accuracy {p['classifier_accuracy']:.1%}{bar} |",
                   f"| FID, {n} samples (floor, reconstructed floor) | {p['fid']:.2f} ({p['fid_floor']:.2f}, "
                   f"{ae.get('fid_reconstructed', float('nan')):.2f}) |",
                   f"| precision / recall (floor) | {p['precision']:.3f} / {p['recall']:.3f} "
