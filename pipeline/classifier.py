@@ -164,14 +164,6 @@ def accuracy_bar(num_classes: int) -> float:
     return (1 + 1 / num_classes) / 2
 
 
-def balanced_accuracy(classifier, images, labels) -> float:
-    """The mean over classes of the share of each class's test images the judge gets right (scikit-learn)."""
-    from sklearn.metrics import balanced_accuracy_score
-
-    _, logits = predict(classifier, images)
-    return float(balanced_accuracy_score(np.asarray(labels), logits.argmax(1)))
-
-
 def num_classes(judge: PreTrainedModel) -> int:
     return judge.config.num_labels
 
@@ -218,9 +210,18 @@ def predict(classifier: PreTrainedModel, images, batch_size=1000):
     return torch.cat(feats).numpy(), torch.cat(logits).numpy()
 
 
-def accuracy(classifier, images, labels) -> float:
+def accuracies(classifier, images, labels) -> tuple[float, float]:
+    """(accuracy, balanced accuracy) from one pass: the balanced one is the mean over classes of the share of
+    each class's images the judge gets right (scikit-learn), which always guessing one class cannot inflate."""
+    from sklearn.metrics import balanced_accuracy_score
+
     _, logits = predict(classifier, images)
-    return float((logits.argmax(1) == np.asarray(labels)).mean())
+    predicted, labels = logits.argmax(1), np.asarray(labels)
+    return float((predicted == labels).mean()), float(balanced_accuracy_score(labels, predicted))
+
+
+def accuracy(classifier, images, labels) -> float:
+    return accuracies(classifier, images, labels)[0]
 
 
 def build_classifier(channels: int, classes: int, size: int, architecture=ARCHITECTURE) -> PreTrainedModel:
@@ -274,9 +275,14 @@ def classifier_dir(dataset="ylecun/mnist"):
     return cache_dir("judge", ARCHITECTURE, judge_data(dataset).key)
 
 
+def classifier_record(dataset="ylecun/mnist") -> dict:
+    """The cached judge's accuracy.json (call after `get_classifier`); `dataset`: an id or a JudgeData."""
+    return json.loads((classifier_dir(dataset) / ACCURACY_FILE).read_text())
+
+
 def classifier_accuracy(dataset="ylecun/mnist") -> float:
-    """The cached judge's test accuracy (call after `get_classifier`); `dataset`: an id or a JudgeData."""
-    return json.loads((classifier_dir(dataset) / ACCURACY_FILE).read_text())["test_accuracy"]
+    """The cached judge's test accuracy (call after `get_classifier`)."""
+    return classifier_record(dataset)["test_accuracy"]
 
 
 def _digest(images) -> str:
@@ -305,8 +311,7 @@ def get_classifier(dataset="ylecun/mnist", data_dir=None, device="cpu", min_accu
     start = time.time()
     print(f"training the {data.name} judge ({ARCHITECTURE}, {epochs} epochs of {len(train_x)} images)", flush=True)
     model = train_classifier(train_x, train_y, num_classes=classes, device=device, epochs=epochs)
-    acc = accuracy(model, test_x, test_y)
-    bal = balanced_accuracy(model, test_x, test_y)
+    acc, bal = accuracies(model, test_x, test_y)
     seconds = time.time() - start
     print(f"trained the {data.name} judge ({ARCHITECTURE}) in {seconds:.0f}s: test accuracy {acc:.2%}, "
           f"balanced {bal:.2%}")

@@ -306,10 +306,10 @@ def score_reconstructions(autoencoder, classifier, reference, num_samples, train
 
 def judge_record(classifier, data) -> dict:
     """Which judge gave the scores: its architecture, weights fingerprint and test accuracy, for metrics.json."""
-    from pipeline.classifier import ACCURACY_FILE, classifier_dir
+    from pipeline.classifier import classifier_record
     from pipeline.metrics import judge_fingerprint
 
-    record = json.loads((classifier_dir(data) / ACCURACY_FILE).read_text())
+    record = classifier_record(data)
     extra = {f"classifier_{k}": record[k] for k in ("balanced_test_accuracy", "min_accuracy", "bar_on") if k in record}
     return dict(classifier_accuracy=record["test_accuracy"], **extra,
                 classifier_fingerprint=judge_fingerprint(classifier), classifier_architecture=classifier.config.model_type)

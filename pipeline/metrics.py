@@ -283,10 +283,11 @@ def main(argv=None):
     if not all(10 <= n <= FLOOR_SIZE for n in sizes):
         raise UserError(f"--sizes {args.sizes} must lie between 10 and {FLOOR_SIZE:,}; the floor uses the first "
                         f"{FLOOR_SIZE:,} training images")
-    data = judge_data(args.dataset, args.data_dir)
     if args.pipeline is not None:
         from pipeline.evaluate import run_judge_data
         data = run_judge_data(args.pipeline, args.dataset, args.data_dir)
+    else:
+        data = judge_data(args.dataset, args.data_dir)
     classifier = get_classifier(data)
     reference = get_reference(data, classifier=classifier)
     print(f"real-data floor of {data.name} (judge test accuracy {classifier_accuracy(data):.2%}): "
