@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from pipeline.data import hub_unavailable, to_uint8  # noqa: E402
 from pipeline.errors import UserError, first_line, run_cli  # noqa: E402
 from pipeline.evaluate import load_pipeline, pick_device, trained_on  # noqa: E402
-from pipeline.schedulers import SCHEDULERS, with_scheduler  # noqa: E402
+from pipeline.schedulers import SCHEDULERS, default_sampling, with_scheduler  # noqa: E402
 from pipeline.visualisation import tile  # noqa: E402
 
 DIGIT_SIZE = 28  # the demo draws and shows MNIST digits
@@ -126,13 +126,14 @@ def build_demo(pipe, class_names=None) -> gr.Blocks:
         caption = f"Steps {', '.join(str(i) for i in picked)} of {len(frames) - 1}: pure noise (left) to the result (right)"
         return np.kron(strip, np.ones((SCALE, SCALE), np.uint8)), caption
 
+    default_sampler, default_steps = default_sampling(pipe)  # the evaluation's: SDE DPM-Solver++ 10, a student's LCM
     with gr.Blocks(title="Latent diffusion digits") as demo:
         gr.Markdown(f"## Latent diffusion digits\n`{pipe.config.get('_name_or_path', 'pipeline')}` on {pipe.device}: "
                     "a diffusers UNet "
                     "denoises 4x8x8 latents, the CAB autoencoder decodes them into 28x28 images.")
         with gr.Row():  # settings shared by the three tabs
-            sampler = gr.Dropdown(list(SCHEDULERS), value="dpm", label="Sampler", elem_id="sampler")
-            steps = gr.Number(20, precision=0, label="Steps", elem_id="steps")
+            sampler = gr.Dropdown(list(SCHEDULERS), value=default_sampler, label="Sampler", elem_id="sampler")
+            steps = gr.Number(default_steps, precision=0, label="Steps", elem_id="steps")
             seed = gr.Number(0, precision=0, label="Seed", elem_id="seed")
             class_choice = gr.Dropdown([("any", NO_CLASS)] + [(name, c) for c, name in enumerate(class_names)],
                                        value=NO_CLASS, label="Class", visible=num_classes > 0, elem_id="class")

@@ -28,7 +28,7 @@ from pipeline.image_data import data_digest, describe_source, is_idx, load_image
 from pipeline.latent_cache import autoencoder_fingerprint, cached_latents, load_autoencoder
 from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
 from pipeline.progress import progress
-from pipeline.schedulers import make_train_scheduler, with_scheduler
+from pipeline.schedulers import make_scheduler, make_train_scheduler, with_scheduler
 
 logger = logging.getLogger("train_latent_ddpm")
 NUM_IDX_CLASSES = 10  # MNIST and Fashion-MNIST; other datasets say how many classes they have
@@ -185,7 +185,7 @@ def main(argv):
     # 4. The pipeline folder, pictures and model card (main process), then the upload.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        pipe = final_pipeline(accelerator, unet, ema, autoencoder, noise_scheduler, class_names)
+        pipe = final_pipeline(accelerator, cfg, unet, ema, autoencoder, noise_scheduler, class_names)
         finish(pipe, cfg, out, loss_log, clock, stop)
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -229,7 +229,8 @@ def log_samples(accelerator, cfg, unet, ema, autoencoder, noise_scheduler, step,
     if ema is not None:  # sample with the EMA weights, then put the training weights back
         ema.store(model.parameters())
         ema.copy_to(model.parameters())
-    pipe = with_scheduler(make_pipeline(model, autoencoder.to(accelerator.device), noise_scheduler, class_names), "dpm")
+    pipe = with_scheduler(make_pipeline(model, autoencoder.to(accelerator.device), noise_scheduler, class_names),
+                          cfg.sampler)
     images = pipe(batch_size=64, generator=torch.Generator(accelerator.device).manual_seed(0),
                   num_inference_steps=cfg.num_inference_steps, output_type="np").images
     grid = visualisation.tile(images, nrow=8)
@@ -238,12 +239,15 @@ def log_samples(accelerator, cfg, unet, ema, autoencoder, noise_scheduler, step,
         ema.restore(model.parameters())
 
 
-def final_pipeline(accelerator, unet, ema, autoencoder, noise_scheduler, class_names=None):
+def final_pipeline(accelerator, cfg, unet, ema, autoencoder, noise_scheduler, class_names=None):
+    """The published pipeline: EMA weights, and the configured sampler and steps as what `pipe()` does by default
+    (the training noise schedule lives on in the sampler's config: noise_schedule() reads it back)."""
     model = accelerator.unwrap_model(unet)
     if ema is not None:
         ema.copy_to(model.parameters())  # the published weights are the EMA ones
-    return make_pipeline(model.float().eval(), autoencoder.to(accelerator.device).float().eval(), noise_scheduler,
-                         class_names)
+    return LatentDDPMPipeline(unet=model.float().eval(), autoencoder=autoencoder.to(accelerator.device).float().eval(),
+                              scheduler=make_scheduler(cfg.sampler, noise_scheduler),
+                              default_num_inference_steps=cfg.num_inference_steps, class_names=class_names)
 
 
 def card_dataset(cfg):
@@ -259,8 +263,8 @@ def class_accuracy_check(pipe, cfg, out) -> dict:
     k = num_classes_of(pipe)
     n = max(k, cfg.eval_num_samples - cfg.eval_num_samples % k)
     result = guidance_sweep(pipe, out, [cfg.eval_guidance_scale], num_samples=n,
-                            num_inference_steps=cfg.num_inference_steps, seed=cfg.seed, dataset=cfg.dataset,
-                            data_dir=cfg.data_dir, spec=cfg)
+                            num_inference_steps=cfg.num_inference_steps, scheduler=cfg.sampler, seed=cfg.seed,
+                            dataset=cfg.dataset, data_dir=cfg.data_dir, spec=cfg)
     row = result["scales"][0]
     return dict(eval_guidance_scale=cfg.eval_guidance_scale, class_accuracy=row["class_accuracy"],
                 class_accuracy_floor=result["floor"]["class_accuracy"], guided_fid=row["fid"])
@@ -284,7 +288,7 @@ def finish(pipe, cfg, out, loss_log, clock, stop):
     metrics = {}
     if cfg.eval_num_samples > 0:
         metrics = evaluate_pipeline(pipe, num_samples=cfg.eval_num_samples, num_inference_steps=cfg.num_inference_steps,
-                                    scheduler="dpm", seed=cfg.seed, output_dir=out / "evaluation",
+                                    scheduler=cfg.sampler, seed=cfg.seed, output_dir=out / "evaluation",
                                     dataset=cfg.dataset, data_dir=cfg.data_dir, spec=cfg)
         if cfg.conditioning == "class" and metrics.get("fid") is not None:
             metrics.update(class_accuracy_check(pipe, cfg, out / "evaluation"))

@@ -165,7 +165,11 @@ class LatentDDPMTrainConfig(TrainConfig):
     ema_inv_gamma: float = option(1.0, "EMA warm-up: decay = 1 - (1 + step / ema_inv_gamma) ** -ema_power")
     ema_power: float = option(0.75, "EMA warm-up speed: 3/4 suits short runs, 2/3 long ones (diffusers' EMAModel)")
     save_images_steps: int = option(500, "decoded sample grids to TensorBoard this often")
-    num_inference_steps: int = option(20, "steps for the pictures made at the end (DPM-Solver++)")
+    # SDE DPM-Solver++ at 10 steps: the best FID per second measured on the demo model (docs/fast_sampling.md).
+    sampler: str = option("sde-dpm", "the scheduler saved with the pipeline (pipe()'s default) and used for the "
+                          "pictures and scores: ddpm, ddim, dpm, sde-dpm, unipc, euler, options after a colon")
+    num_inference_steps: int = option(10, "the saved pipeline's default steps (pipe() with none given), and those "
+                                      "of the pictures and scores at the end")
     eval_num_samples: int = option(10000, "score this many samples at the end (FID etc.); 0 skips it")
     eval_guidance_scale: float = option(1.5, "class-conditional: guidance of the pictures, and of the end's class "
                                         "accuracy check (every class equally often, guidance.json)")
@@ -173,6 +177,19 @@ class LatentDDPMTrainConfig(TrainConfig):
     hub_model_id: Optional[str] = option(None, "the Hub repo to push to, user/name")
     hub_token: Optional[str] = option(None, "the Hub token, else HF_TOKEN or `hf auth login`; never saved")
     hub_private_repo: bool = option(False, "create the Hub repo as private")
+
+    def check_sampler(self):
+        """The sampler must build on this noise schedule and run num_inference_steps (in seconds, before any data)."""
+        from .schedulers import check_steps, make_train_scheduler
+
+        if self.sampler.partition(":")[0] == "lcm":
+            raise UserError("sampler lcm is for consistency-distilled students (distill_latent_ddpm.py); a diffusion "
+                            "model samples with ddpm, ddim, dpm, sde-dpm, unipc or euler")
+        try:
+            schedule = make_train_scheduler(self.ddpm_num_steps, self.ddpm_beta_schedule, self.prediction_type)
+            check_steps(self.sampler, schedule.config, self.num_inference_steps)
+        except ValueError as e:
+            raise UserError(f"sampler: {first_line(e)}")
 
     def validate(self):
         from .schedulers import BETA_SCHEDULES, PREDICTION_TYPES
@@ -193,6 +210,7 @@ class LatentDDPMTrainConfig(TrainConfig):
             raise UserError(f"eval_guidance_scale must be >= 0 (1: no guidance), got {self.eval_guidance_scale}")
         if self.ddpm_num_steps < 2 or self.num_inference_steps < 1 or self.save_images_steps < 1:
             raise UserError("ddpm_num_steps must be >= 2, num_inference_steps and save_images_steps >= 1")
+        self.check_sampler()
         u = self.unet
         if not (len(u.block_out_channels) == len(u.down_block_types) == len(u.up_block_types)):
             raise UserError("unet.block_out_channels, unet.down_block_types and unet.up_block_types need the same length")

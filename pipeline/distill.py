@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
-from diffusers import DDPMScheduler, LCMScheduler, UNet2DModel
+from diffusers import LCMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file
 
@@ -35,6 +35,7 @@ from .errors import UserError, first_line
 from .latent_cache import autoencoder_fingerprint, cached_latents
 from .pipeline_latent_ddpm import LatentDDPMPipeline
 from .progress import progress
+from .schedulers import noise_schedule
 
 logger = logging.getLogger("distill_latent_ddpm")
 # Besides training.RESUME_FIXED: what decides the student's targets. The teacher itself is a fingerprint fact.
@@ -142,7 +143,7 @@ def register_target_hooks(accelerator, ema, target, student):
 def lcm_scheduler(teacher_scheduler, cfg) -> LCMScheduler:
     """The student's scheduler, built from the teacher's config: same betas, prediction type, no clipping."""
     accepted = inspect.signature(LCMScheduler.__init__).parameters  # DDPM's variance_type would only be warned about
-    config = {k: v for k, v in teacher_scheduler.config.items() if k in accepted}
+    config = {k: v for k, v in noise_schedule(teacher_scheduler).config.items() if k in accepted}
     return LCMScheduler.from_config(config, original_inference_steps=cfg.num_ddim_timesteps,
                                     timestep_scaling=cfg.timestep_scaling, clip_sample=False)
 
@@ -208,7 +209,7 @@ def main(argv):
     clock.lap("data and latents")
 
     # 2. Student (from the teacher's weights), target network (its EMA), the grid, optimizer.
-    noise_scheduler = DDPMScheduler.from_config(teacher_pipe.scheduler.config)
+    noise_scheduler = noise_schedule(teacher_pipe.scheduler)  # whichever sampler the teacher folder saved
     lcm = lcm_scheduler(teacher_pipe.scheduler, cfg)
     grid = DDIMGrid(noise_scheduler, cfg.num_ddim_timesteps, accelerator.device)
     student = copy.deepcopy(teacher).requires_grad_(True).train()

@@ -46,6 +46,7 @@ import torch
 import yaml
 
 from pipeline.errors import UserError, first_line, run_cli
+from pipeline.schedulers import DEFAULT_SAMPLER, DEFAULT_STEPS
 
 MIN_SAMPLES = 10  # precision/recall need k+1 neighbours; below this the numbers mean nothing
 MIN_JUDGE_TEST = 100  # labelled test images a judge is checked on and real statistics come from, at least
@@ -73,10 +74,12 @@ def parse_args(argv):
     p.add_argument("--num_samples", type=int, default=10_000,
                    help="samples to draw and score; for an autoencoder, test images to reconstruct "
                         "(default %(default)s: the whole test split)")
-    p.add_argument("--num_inference_steps", type=int, default=20)
-    p.add_argument("--scheduler", type=scheduler_spec, default="dpm",
-                   help="ddpm, ddim, dpm (DPM-Solver++), unipc or euler, optionally with the scheduler's own "
-                        "options after a colon: unipc:solver_order=3 (default %(default)s)")
+    p.add_argument("--num_inference_steps", type=int, default=None,
+                   help=f"default: {DEFAULT_STEPS}, or a consistency-distilled student's saved steps")
+    p.add_argument("--scheduler", type=scheduler_spec, default=None,
+                   help="ddpm, ddim, dpm (DPM-Solver++), sde-dpm (its stochastic form), unipc, euler or lcm, "
+                        "optionally with the scheduler's own options after a colon: unipc:solver_order=3 (default: "
+                        f"{DEFAULT_SAMPLER}, the best FID per second measured; a student's LCMScheduler)"),
     p.add_argument("--output_dir", default=None, help="default: <pipeline>/evaluation, where training writes its scores too")
     p.add_argument("--batch_size", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
@@ -92,7 +95,7 @@ def parse_args(argv):
                         "(class accuracy and FID per scale, guidance.json and guidance.png)")
     args = p.parse_args(argv)
     for name in ("num_samples", "num_inference_steps", "batch_size"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name} must be a positive integer; got {getattr(args, name)}")
     if args.guidance_scales is not None:
         from pipeline.guidance import parse_scales
@@ -320,8 +323,8 @@ def _write_metrics(metrics: dict, out: Path):
     print(f"wrote {out / 'metrics.json'}")
 
 
-def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=20, scheduler="dpm", seed=0,
-                      batch_size=1000, dataset="ylecun/mnist", data_dir=None, spec=None) -> dict:
+def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=DEFAULT_STEPS, scheduler=DEFAULT_SAMPLER,
+                      seed=0, batch_size=1000, dataset="ylecun/mnist", data_dir=None, spec=None) -> dict:
     """Sample with `pipe` (left untouched: a copy gets `scheduler`), score, write the three files, return metrics.
     `spec`: the training config (or data_spec) for data other than the IDX datasets; unlabelled data gets
     samples and speed only."""
@@ -427,7 +430,7 @@ def evaluate_autoencoder(autoencoder, output_dir, batch_size=1000, dataset="ylec
 
 
 def main(argv=None):
-    from pipeline.schedulers import check_steps
+    from pipeline.schedulers import check_steps, default_sampling
 
     args = parse_args(argv)
     path = Path(args.pipeline).expanduser()
@@ -445,12 +448,13 @@ def main(argv=None):
         from pipeline.latent_cache import load_autoencoder
         return evaluate_autoencoder(load_autoencoder(path).to(device), out, batch_size=args.batch_size,
                                     dataset=dataset, data_dir=args.data_dir, num_samples=args.num_samples, spec=spec)
-    settings = dict(num_samples=args.num_samples, num_inference_steps=args.num_inference_steps,
-                    scheduler=args.scheduler, seed=args.seed, batch_size=args.batch_size, dataset=dataset,
-                    data_dir=args.data_dir)
     pipe = load_pipeline(path, device)
+    scheduler, steps = default_sampling(pipe)
+    settings = dict(num_samples=args.num_samples, num_inference_steps=args.num_inference_steps or steps,
+                    scheduler=args.scheduler or scheduler, seed=args.seed, batch_size=args.batch_size,
+                    dataset=dataset, data_dir=args.data_dir)
     try:  # before the judge and the sampling: a scheduler that cannot run these steps fails now, in one line
-        check_steps(args.scheduler, pipe.scheduler.config, args.num_inference_steps)
+        check_steps(settings["scheduler"], pipe.scheduler.config, settings["num_inference_steps"])
     except ValueError as e:
         raise UserError(str(e))
     if args.guidance_scales is not None:

@@ -25,6 +25,8 @@ from typing import NamedTuple
 from huggingface_hub import HfApi, ModelCardData
 from huggingface_hub.utils import filter_repo_objects, validate_repo_id
 
+from .schedulers import DEFAULT_SAMPLER, DEFAULT_SAMPLER_MEASURED, DEFAULT_STEPS, make_scheduler
+
 logger = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
@@ -131,6 +133,8 @@ def _model_card(pipe, metrics, has_grid, dataset, license, repo_id) -> str:
     n_ae = sum(p.numel() for p in pipe.autoencoder.parameters()) / 1e6
     repo = repo_id or "path/to/this/folder"
     conditional = unet.num_class_embeds is not None
+    sampler, steps = sampler_name(pipe.scheduler), pipe.config.get("default_num_inference_steps", 50)
+    measured_default = sampler == sampler_name(make_scheduler(DEFAULT_SAMPLER, sched)) and steps == DEFAULT_STEPS
     lines = [
         f"---\n{front}\n---", "",
         "# Latent diffusion for MNIST digits" if digits else f"# Latent diffusion for {dataset or 'small images'}", "",
@@ -146,7 +150,7 @@ def _model_card(pipe, metrics, has_grid, dataset, license, repo_id) -> str:
         "## Usage", "",
         "```python", "import torch", "from diffusers import DiffusionPipeline", "",
         f'pipe = DiffusionPipeline.from_pretrained("{repo}", trust_remote_code=True)',
-        "images = pipe(batch_size=16, num_inference_steps=50, generator=torch.Generator().manual_seed(0)).images",
+        f"images = pipe(batch_size=16, generator=torch.Generator().manual_seed(0)).images  # {sampler}, {steps} steps",
         'images[0].save("digit.png")',
     ]
     if conditional:
@@ -154,7 +158,10 @@ def _model_card(pipe, metrics, has_grid, dataset, license, repo_id) -> str:
                   f"images = pipe(class_labels={list(range(unet.num_class_embeds - 1))}, guidance_scale=2.0).images"]
     lines += [
         "```", "",
-        "Few-step sampling with DPM-Solver++ (`trailing` spacing starts the schedule at the last training step):", "",
+        f"`pipe()` samples with the saved scheduler ({sampler}) in {steps} steps unless told otherwise. "
+        + (DEFAULT_SAMPLER_MEASURED + " " if measured_default else "")
+        + "Any diffusers scheduler built `from_config` of the saved one keeps the training noise schedule; the"
+        " deterministic DPM-Solver++ (`trailing` spacing starts at the last training step):", "",
         "```python", "from diffusers import DPMSolverMultistepScheduler", "",
         "pipe.scheduler = DPMSolverMultistepScheduler.from_config(",
         '    pipe.scheduler.config, algorithm_type="dpmsolver++", timestep_spacing="trailing"',
@@ -184,6 +191,13 @@ def _model_card(pipe, metrics, has_grid, dataset, license, repo_id) -> str:
         " (commit hash) so later changes to the repository cannot change the code you run.", "",
     ]
     return "\n".join(lines)
+
+
+def sampler_name(scheduler) -> str:
+    """How the card names a scheduler: the class, and DPM-Solver's algorithm (its SDE form is another sampler)."""
+    name = type(scheduler).__name__
+    algorithm = scheduler.config.get("algorithm_type")
+    return f"{name}, algorithm_type=\"{algorithm}\"" if algorithm else name
 
 
 def _student_card(card: str, pipe, d: dict, repo_id=None) -> str:

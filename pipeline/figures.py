@@ -19,9 +19,9 @@ def pipeline_figures(pipe, cfg, out):
     device = pipe.unet.device
     gen = torch.Generator(device).manual_seed(cfg.seed)
 
-    # A 10x10 grid (10 rows of one column per class) with the fast solver users will sample with.
+    # A 10x10 grid (10 rows of one column per class) with the sampler the folder saves: what users get from pipe().
     k = pipe.unet.config.num_class_embeds - 1 if cfg.conditioning == "class" else 10
-    fast = with_scheduler(pipe, "dpm")
+    fast = with_scheduler(pipe, cfg.sampler)
     kwargs = {"class_labels": list(range(k)) * 10, "guidance_scale": cfg.eval_guidance_scale} if cfg.conditioning == "class" else {}
     grid = fast(batch_size=10 * k, generator=gen, num_inference_steps=cfg.num_inference_steps, output_type="np",
                 **kwargs).images

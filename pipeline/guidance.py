@@ -23,6 +23,7 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.evaluate import MIN_SAMPLES, _prepare, sample_digits
+from pipeline.schedulers import DEFAULT_SAMPLER, DEFAULT_STEPS
 
 FLOOR_KEYS = ("fid", "kid", "precision", "recall", "density", "coverage", "kl_to_uniform", "mean_confidence")
 
@@ -55,8 +56,8 @@ def cycling_labels(num_samples: int, num_classes: int) -> np.ndarray:
     return np.arange(num_samples) % num_classes
 
 
-def guidance_sweep(pipe, output_dir, guidance_scales, num_samples=10_000, num_inference_steps=20, scheduler="dpm",
-                   seed=0, batch_size=1000, dataset="ylecun/mnist", data_dir=None, spec=None) -> dict:
+def guidance_sweep(pipe, output_dir, guidance_scales, num_samples=10_000, num_inference_steps=DEFAULT_STEPS,
+                   scheduler=DEFAULT_SAMPLER, seed=0, batch_size=1000, dataset="ylecun/mnist", data_dir=None, spec=None) -> dict:
     """Sample and score `pipe` (left untouched: a copy gets `scheduler`) at each scale; write the files, return them.
     `spec`: the training config (or data_spec) for data other than the IDX datasets."""
     from pipeline.classifier import classifier_accuracy, get_classifier, predict

@@ -38,14 +38,18 @@ EXAMPLE_DOC_STRING = """
         >>> from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
 
         >>> pipe = DiffusionPipeline.from_pretrained("path/to/pipeline_folder", trust_remote_code=True)
-        >>> pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
-        >>> digits = pipe(batch_size=16, num_inference_steps=20, generator=torch.manual_seed(0)).images
+        >>> digits = pipe(batch_size=16, generator=torch.manual_seed(0)).images  # the saved scheduler and steps
 
         >>> # img2img: noise the digits halfway, then denoise them again
-        >>> redrawn = pipe(image=digits, strength=0.5, num_inference_steps=20).images
+        >>> redrawn = pipe(image=digits, strength=0.5).images
 
         >>> # a class-conditional pipeline: three chosen digits with classifier-free guidance
-        >>> threes = pipe(class_labels=[3, 3, 3], guidance_scale=1.5, num_inference_steps=20).images
+        >>> threes = pipe(class_labels=[3, 3, 3], guidance_scale=1.5).images
+
+        >>> # another sampler: the deterministic DPM-Solver++, from the saved config (the training noise schedule)
+        >>> pipe.scheduler = DPMSolverMultistepScheduler.from_config(
+        ...     pipe.scheduler.config, algorithm_type="dpmsolver++", timestep_spacing="trailing")
+        >>> digits = pipe(batch_size=16, num_inference_steps=20).images
         ```
 """
 
@@ -365,8 +369,9 @@ class LatentDDPMPipeline(DiffusionPipeline):
             generator (`torch.Generator` or a list of them, *optional*):
                 The noise source; the same seed gives the same digits.
             num_inference_steps (`int`, *optional*):
-                Denoising steps; by default the folder's `default_num_inference_steps` (50, or a distilled student's
-                few). With DPM-Solver++ or UniPC 10 to 20 are enough; DDPM needs hundreds; LCMScheduler 1 to 4.
+                Denoising steps; by default the folder's `default_num_inference_steps`: 10 with the SDE DPM-Solver++
+                a training run saves, 50 in folders saved with DDPM, a distilled student's few. DPM-Solver++ and UniPC
+                need 10 to 20, DDPM hundreds, LCMScheduler 1 to 4.
             eta (`float`, defaults to 0.0):
                 DDIM's eta (0: deterministic); schedulers whose `step` takes no `eta` ignore it.
             output_type (`str`, defaults to `"pil"`):

@@ -30,7 +30,7 @@ from pipeline.autoencoder import CABAutoencoder
 from pipeline.data import to_uint8
 from pipeline.export import save_pipeline_folder
 from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
-from pipeline.schedulers import make_train_scheduler, with_scheduler
+from pipeline.schedulers import default_sampling, make_train_scheduler, with_scheduler
 
 from conftest import REPO
 
@@ -64,8 +64,10 @@ def pipe(pipeline_folder):
     return p
 
 
-def expected(pipe, sampler="dpm", steps=2, seed=0, **call):
-    """uint8 (N, 28, 28): what app.py's settings mean as a plain pipeline call."""
+def expected(pipe, sampler=None, steps=2, seed=0, **call):
+    """uint8 (N, 28, 28): what app.py's settings mean as a plain pipeline call (sampler None: the page's default,
+    the evaluation's, SDE DPM-Solver++)."""
+    sampler = sampler or default_sampling(pipe)[0]
     generator = torch.Generator().manual_seed(seed)
     images = with_scheduler(pipe, sampler)(num_inference_steps=steps, generator=generator, output_type="np", **call)
     return to_uint8(images.images[..., 0])

@@ -183,7 +183,7 @@ def test_guidance_sweep_writes_json_png_and_a_table(saved, tmp_path, mnist_dir, 
     assert "class acc" in proc.stdout and "real data" in proc.stdout  # the table
 
     result = json.loads((tmp_path / "guidance.json").read_text())
-    assert result["num_samples"] == 40 and result["num_inference_steps"] == 2 and result["scheduler"] == "dpm"
+    assert result["num_samples"] == 40 and result["num_inference_steps"] == 2 and result["scheduler"] == "sde-dpm"
     assert set(result["floor"]) == FLOOR_KEYS and result["floor"]["class_accuracy"] == 0.1  # the judge's own
     assert [row["guidance_scale"] for row in result["scales"]] == [1.0, 3.0]
     for row in result["scales"]:

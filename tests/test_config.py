@@ -154,3 +154,12 @@ def test_dry_run_of_a_script_writes_nothing(tmp_path):
     assert yaml.safe_load(res.stdout)["max_train_steps"] == 7 and not out.exists()
     bad = run_script("train_autoencoder.py", ["--learning_rat", "1", "--dry_run"], check=False)
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown config key 'learning_rat'")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*latent_ddpm*.yaml")))
+def test_every_latent_config_saves_the_measured_default_sampler(name):
+    """What `pipe()` does for a folder these configs make is the evaluation's default: SDE DPM-Solver++, 10 steps."""
+    from pipeline.schedulers import DEFAULT_SAMPLER, DEFAULT_STEPS
+
+    cfg = parse_config(LatentDDPMTrainConfig, ["--config", str(REPO / "configs" / name)])
+    assert (cfg.sampler, cfg.num_inference_steps) == (DEFAULT_SAMPLER, DEFAULT_STEPS) == ("sde-dpm", 10)

@@ -47,6 +47,9 @@ def test_student_folder_is_complete_and_says_what_it_is(student, teacher):
     assert scheduler["beta_schedule"] == "squaredcos_cap_v2" and scheduler["prediction_type"] == "v_prediction"
     index = json.loads((student / "model_index.json").read_text())
     assert index["consistency_distilled"] is True and index["default_num_inference_steps"] == 2
+    from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
+    from pipeline.schedulers import default_sampling
+    assert default_sampling(LatentDDPMPipeline.from_pretrained(student)) == ("lcm", 2)  # the evaluation's and the app's
     info = json.loads((student / "distillation.json").read_text())
     assert info["teacher"] == str(teacher) and info["guidance_scale"] == 1.0 and info["max_train_steps"] == 20
     card = (student / "README.md").read_text()
@@ -155,6 +158,26 @@ def test_consistency_function_meets_the_boundary_and_matches_lcm_sampling():
     t = lcm.timesteps[0]
     want = lcm.step(out[:1], t, x[:1]).prev_sample
     assert torch.allclose(consistency(lcm, grid, out[:1], t.reshape(1), x[:1]), want, atol=1e-5)
+
+
+def test_a_teacher_saved_with_sde_dpm_solver_is_distilled_on_its_training_noise_schedule():
+    """train_latent_ddpm.py saves its default sampler (SDE DPM-Solver++), not the DDPM it trained with: the
+    student's LCMScheduler and the teacher's DDIM grid come from the training schedule under it."""
+    from diffusers import DPMSolverMultistepScheduler, LCMScheduler
+
+    from pipeline.config import DistillConfig
+    from pipeline.distill import DDIMGrid, lcm_scheduler, noise_schedule
+    from pipeline.schedulers import make_scheduler, make_train_scheduler
+
+    ddpm = make_train_scheduler(1000, "squaredcos_cap_v2", "v_prediction")
+    saved = make_scheduler("sde-dpm", ddpm)
+    assert isinstance(saved, DPMSolverMultistepScheduler)
+    lcm = lcm_scheduler(saved, DistillConfig())
+    assert isinstance(lcm, LCMScheduler) and torch.allclose(lcm.alphas_cumprod, ddpm.alphas_cumprod)
+    assert lcm.config.prediction_type == "v_prediction" and lcm.config.original_inference_steps == 50
+    assert lcm.config.clip_sample is False
+    grid = DDIMGrid(noise_schedule(saved), 50, "cpu")
+    assert torch.allclose(grid.alphas_cumprod, ddpm.alphas_cumprod) and grid.prediction_type == "v_prediction"
 
 
 @pytest.mark.slow

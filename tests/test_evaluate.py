@@ -170,3 +170,14 @@ def test_the_judge_follows_the_dataset_the_folder_was_trained_on(tmp_path, capsy
     assert "dataset my/digits, from" in capsys.readouterr().out
     assert pick_dataset(run, "ylecun/mnist") == "ylecun/mnist"  # --dataset wins, with a warning
     assert "warning: --dataset ylecun/mnist, but" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_evaluate_defaults_to_sde_dpm_solver_at_10_steps(tiny_pipeline, tmp_path, mnist_dir):
+    """No --scheduler or --num_inference_steps: the measured best, even for a folder saved with DDPM."""
+    proc = run_evaluate("--pipeline", tiny_pipeline, "--num_samples", 16, "--device", "cpu", "--output_dir", tmp_path,
+                        "--data_dir", mnist_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert (metrics["scheduler"], metrics["num_inference_steps"]) == ("sde-dpm", 10)
+    assert "(sde-dpm, 10 steps)" in proc.stdout

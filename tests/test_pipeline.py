@@ -101,7 +101,7 @@ def test_make_scheduler_overrides_and_carries_training_config():
 
 
 def test_make_scheduler_unknown_name_lists_valid_names():
-    with pytest.raises(ValueError, match="valid names: ddpm, ddim, dpm, unipc, euler"):
+    with pytest.raises(ValueError, match="valid names: ddpm, ddim, dpm, sde-dpm, unipc, euler, lcm"):
         make_scheduler("heun", make_train_scheduler().config)
 
 

@@ -93,6 +93,47 @@ def test_saved_pipeline_samples_digits(ddpm_run):
 
 
 @pytest.mark.slow
+def test_pipe_without_arguments_samples_with_the_saved_sde_dpm_solver(ddpm_run):
+    """The folder saves the configured sampler (SDE DPM-Solver++, the measured best) and steps, and plain
+    diffusers' `pipe()` uses them: one UNet call per step, the very images of that sampler asked for by name."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
+    from pipeline.schedulers import with_scheduler
+
+    scheduler = json.loads((ddpm_run / "scheduler/scheduler_config.json").read_text())
+    assert scheduler["_class_name"] == "DPMSolverMultistepScheduler"
+    assert scheduler["algorithm_type"] == "sde-dpmsolver++" and scheduler["timestep_spacing"] == "trailing"
+    assert json.loads((ddpm_run / "model_index.json").read_text())["default_num_inference_steps"] == 2  # as run
+
+    pipe = DiffusionPipeline.from_pretrained(ddpm_run, trust_remote_code=True)
+    calls = []
+    pipe.unet.register_forward_hook(lambda *_: calls.append(1))
+    images = pipe(batch_size=3, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert len(calls) == 2 and images.shape == (3, 28, 28, 1)
+    by_name = with_scheduler(LatentDDPMPipeline.from_pretrained(ddpm_run), "sde-dpm")
+    same = by_name(batch_size=3, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np")
+    assert (same.images == images).all()
+    other = pipe(batch_size=3, generator=torch.Generator().manual_seed(1), output_type="np").images
+    assert not (other == images).all()  # the noise it adds follows the generator
+
+
+@pytest.mark.parametrize("sampler,message", [
+    ("lcm", "error: sampler lcm is for consistency-distilled students"),
+    ("sde-dpn", "error: sampler: unknown scheduler 'sde-dpn'"),
+    ("dpm:use_karras_sigmas=true", "error: sampler: scheduler 'dpm:use_karras_sigmas=true' repeats timesteps"),
+])
+def test_a_bad_sampler_is_one_line_before_any_data(tmp_path, tiny_autoencoder_run, sampler, message):
+    args = ddpm_args(tmp_path / "no_data", tiny_autoencoder_run, tmp_path / "x") + ["--sampler", sampler,
+                                                                                  "--num_inference_steps", "10"]
+    res = run_script("train_latent_ddpm.py", args, check=False)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines()[-1].startswith(message)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
 def test_latent_cache_is_keyed_to_the_autoencoder_weights(mnist_dir, tiny_autoencoder_run):
     import torch
     from accelerate import Accelerator
