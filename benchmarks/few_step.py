@@ -3,8 +3,9 @@
     python -m benchmarks.few_step --teacher runs/demo/pipeline --student runs/demo/fast --num_samples 5000 \
         --seeds 0,1 --data_dir ../shared/data/mnist
 
-Cells: the teacher at its best measured settings (--teacher_best, default SDE-DPM-Solver++ 20 steps), the teacher
-with DPM-Solver++ at 10 and 20 steps, the student (LCMScheduler) at --student_steps. Each cell scores
+Cells: the teacher at its best measured settings (--teacher_best, default SDE-DPM-Solver++ 20 steps), at the default
+a training run saves (SDE-DPM-Solver++ 10 steps), with DPM-Solver++ at 10 and 20 steps, and the student
+(LCMScheduler) at --student_steps. Each cell scores
 --num_samples digits per seed with the benchmarks' judge and floor (FID, precision, recall), and its speed is
 digits/s of one sampler call at the best of --batch_sizes, decoding and the copy to the CPU included (after a
 warm-up call at that size). Distillation and teacher training seconds come from the two folders' timings.json.
@@ -23,6 +24,7 @@ from benchmarks.common import (add_commit_option, hardware, int_list, machine_na
                                save_result, seed_list)
 from benchmarks.sampling import LatentSampler, batch_sweep, check_schedulers, quality
 from pipeline.evaluate import scheduler_spec
+from pipeline.schedulers import DEFAULT_SAMPLER, DEFAULT_STEPS
 
 KEYS = ("fid", "precision", "recall", "fid_floor", "precision_floor", "recall_floor", "floor_num_samples")
 
@@ -31,7 +33,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--teacher", required=True, help="the teacher's pipeline folder (train_latent_ddpm.py)")
     p.add_argument("--student", required=True, help="the student's pipeline folder (distill_latent_ddpm.py)")
-    p.add_argument("--teacher_best", type=scheduler_spec, default="dpm:algorithm_type=sde-dpmsolver++",
+    p.add_argument("--teacher_best", type=scheduler_spec, default="sde-dpm",
                    help="the teacher's best measured sampler (default: SDE-DPM-Solver++)")
     p.add_argument("--teacher_best_steps", type=int, default=20)
     p.add_argument("--student_steps", type=int_list, default=[1, 2, 4])
@@ -48,6 +50,7 @@ def parse_args(argv=None):
 def cells(args):
     """(label, model, scheduler spec, steps) for every cell, teacher first."""
     rows = [("teacher best", "teacher", args.teacher_best, args.teacher_best_steps),
+            ("teacher default", "teacher", DEFAULT_SAMPLER, DEFAULT_STEPS),
             ("teacher DPM-Solver++", "teacher", "dpm", 10), ("teacher DPM-Solver++", "teacher", "dpm", 20)]
     return rows + [("student", "student", "lcm", n) for n in args.student_steps]
 

@@ -317,8 +317,12 @@ class LatentDDPMPipeline(DiffusionPipeline):
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> float (N, C, H, W) in [0, 1]: unscale, decode, clamp, rescale, crop the padding."""
-        z = latents / self.autoencoder.config.scaling_factor
-        image = self.autoencoder.decode(z.to(self.autoencoder.dtype)).sample
+        z = (latents / self.autoencoder.config.scaling_factor).to(self.autoencoder.dtype)
+        if z.device.type == "cpu":
+            # channels_last (NHWC) spares oneDNN's convolutions a layout reorder around each one: on the CPU the
+            # demo's decode ran 1.44x faster, its images within 3e-6 of the plain decode's (benchmarks/decode.py)
+            z = z.contiguous(memory_format=torch.channels_last)
+        image = self.autoencoder.decode(z).sample.contiguous()
         image = (image.clamp(-1, 1) + 1) / 2
         size = self.image_size
         top = (self.autoencoder.config.sample_size - size) // 2

@@ -375,7 +375,7 @@ def test_few_step_compares_teacher_and_student_on_the_same_judge(tmp_path, mnist
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads((tmp_path / "out" / "fs.json").read_text())
     assert [(c["model"], c["scheduler"], c["steps"]) for c in r["cells"]] == [
-        ("teacher", "dpm:algorithm_type=sde-dpmsolver++", 3), ("teacher", "dpm", 10), ("teacher", "dpm", 20),
+        ("teacher", "sde-dpm", 3), ("teacher", "sde-dpm", 10), ("teacher", "dpm", 10), ("teacher", "dpm", 20),
         ("student", "lcm", 1), ("student", "lcm", 2)]
     for c in r["cells"]:
         assert len(c["per_seed"]) == 2 and c["fid"] == pytest.approx(np.mean([s["fid"] for s in c["per_seed"]]))
@@ -384,3 +384,37 @@ def test_few_step_compares_teacher_and_student_on_the_same_judge(tmp_path, mnist
     md = (tmp_path / "out" / "fs.md").read_text()
     assert "| student | `lcm` | 2 |" in md and "Real-data floor at 16 digits" in md
     assert imageio.imread(tmp_path / "out" / "fs_grid.png").ndim == 3
+
+
+def test_decode_times_every_variant_and_checks_it_against_the_plain_decode(tmp_path, mnist_dir):
+    """benchmarks/decode.py: every variant timed in each round and compared with the plain fp32 decode."""
+    from pipeline.autoencoder import CABAutoencoder
+
+    torch.manual_seed(0)
+    CABAutoencoder(block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=4, reduction=4,
+                   scaling_factor=0.8).save_pretrained(tmp_path / "ae")
+    variants = ["eager_fp32", "decode_latents", "inference_mode", "channels_last", "channels_last_input",
+                "bf16_autocast", "batch", "threads_1"]  # all but compile, which compiles for a minute
+    cmd = [sys.executable, "-m", "benchmarks.decode", "--autoencoder", str(tmp_path / "ae"), "--data_dir",
+           str(mnist_dir), "--batch", "8", "--batches", "4,16", "--rounds", "2", "--profile_repeats", "1",
+           "--lighter", "4,16,16:1", "--variants", *variants, "--output", str(tmp_path / "out"), "--name", "dec"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((tmp_path / "out" / "dec.json").read_text())
+    assert {"name", "command", "git_commit", "hardware", "variants", "profile", "stage_seconds", "conv_macs",
+            "lighter", "context", "clear_wins", "verdict"} <= r.keys()
+    expected = {"eager_fp32", "decode_latents", "decode_latents_channels_last", "inference_mode", "channels_last",
+                "channels_last_input", "bf16_autocast", "batch_4", "batch_16"}
+    assert expected <= r["variants"].keys() <= expected | {"threads_1"}
+    for name, v in r["variants"].items():
+        assert len(v["seconds"]) == 2 and v["median_s"] > 0, name
+        assert np.isfinite(v["max_abs_diff"]) and v["max_abs_diff"] >= 0, name  # recorded for every variant
+        assert np.isfinite(v["reconstruction_psnr_db"]), name
+    base = r["variants"]["eager_fp32"]
+    assert base["max_abs_diff"] == 0 and base["psnr_vs_baseline_db"] is None  # the baseline against itself
+    assert r["variants"]["channels_last"]["max_abs_diff"] < 1e-4 < r["variants"]["bf16_autocast"]["max_abs_diff"]
+    assert set(r["profile"]) == set(r["stage_seconds"]) == {"8x8", "16x16", "32x32"}
+    assert r["profile"]["32x32"]["Conv2d"] > 0 and r["conv_macs"]["32x32"] > r["conv_macs"]["8x8"]
+    assert list(r["lighter"]) == ["untrained_4-16-16x1"] and r["lighter"]["untrained_4-16-16x1"]["median_s"] > 0
+    md = (tmp_path / "out" / "dec.md").read_text()
+    assert "| eager_fp32 | 8 |" in md and "| 32x32 |" in md and "max abs diff" in md
