@@ -12,7 +12,7 @@ Encodes real test digits to latents (so the decoder sees what it sees in samplin
   resolution it produces);
 - times variants interleaved (every variant once per round, --rounds rounds, in one process) and
   reports medians: the decoder module in eager fp32 under no_grad (the baseline: the plain decode),
-  `LatentDDPMPipeline.decode_latents` as it stands and with channels_last latents, torch.inference_mode,
+  `LatentDDPMPipeline.decode_latents` as it stands (channels_last latents on the CPU), torch.inference_mode,
   channels_last weights and input, channels_last input only, torch.compile (mode default; its compile
   seconds apart), bf16 autocast, other batch sizes, one thread; with --pipeline, one UNet call at --batch for context;
 - checks every variant against the baseline on the first --batch digits: max abs difference of the
@@ -120,18 +120,6 @@ class Variant:
         return torch.cat([self.call(z[i:i + self.batch]).float() for i in range(0, len(z), self.batch)])
 
 
-def decode_latents_channels_last(self, latents):
-    """LatentDDPMPipeline.decode_latents with the latents in channels_last on the CPU: a candidate body for it."""
-    z = (latents / self.autoencoder.config.scaling_factor).to(self.autoencoder.dtype)
-    if z.device.type == "cpu":
-        z = z.contiguous(memory_format=torch.channels_last)
-    image = self.autoencoder.decode(z).sample.contiguous()
-    image = (image.clamp(-1, 1) + 1) / 2
-    size = self.image_size
-    top = (self.autoencoder.config.sample_size - size) // 2
-    return image[:, :, top : top + size, top : top + size]
-
-
 def make_variants(ae, names, batch, batches, threads):
     """The baseline runs the decoder module itself (NCHW, fp32, no_grad): the plain decode, whatever
     `CABAutoencoder.decode` does around it; "decode" is `ae.decode`, what the pipeline calls."""
@@ -151,17 +139,11 @@ def make_variants(ae, names, batch, batches, threads):
 
     variants = [Variant("eager_fp32", plain(ae.decoder), batch, threads,
                         "baseline: the decoder module, no_grad, fp32, contiguous (NCHW)")]
-    def channels_last_pipeline(z):  # decode_latents with the latents handed to the decoder in channels_last
-        with torch.no_grad():
-            return decode_latents_channels_last(pipe, z * scale).float().contiguous()
 
     if "decode_latents" in names:
         variants.append(Variant("decode_latents", through_pipeline, batch, threads,
-                                "LatentDDPMPipeline.decode_latents as it stands (unscale, decode, clamp, crop)",
-                                images=True))
-        variants.append(Variant("decode_latents_channels_last", channels_last_pipeline, batch, threads,
-                                "decode_latents with channels_last latents on the CPU (decode_latents_channels_last)",
-                                images=True))
+                                "LatentDDPMPipeline.decode_latents as it stands (unscale, decode in channels_last on "
+                                "the CPU, clamp, crop)", images=True))
     if "inference_mode" in names:
         variants.append(Variant("inference_mode", plain(ae.decoder, torch.inference_mode), batch, threads))
     if "channels_last" in names:
