@@ -334,7 +334,7 @@ def test_twenty_concurrent_requests_are_all_answered_correctly(server, pipe, tmp
         labels = {} if ask["label"] == -1 else dict(class_labels=ask["label"], guidance_scale=2.0)
         got = np.stack([as_digit(item["image"]) for item in gallery])
         assert len(gallery) == ask["n"] and timing.startswith(f"{ask['n']} image")
-        assert close(got, expected(pipe, seed=ask["seed"], batch_size=ask["n"], **labels)), ask
+        assert close(got, expected(pipe, "dpm", seed=ask["seed"], batch_size=ask["n"], **labels)), ask
 
 
 def test_a_bad_request_is_an_error_and_the_server_serves_on(server, pipe, tmp_path):
