@@ -30,6 +30,7 @@ SCHEDULERS = {
     "euler": EulerDiscreteScheduler,
     "lcm": LCMScheduler,  # consistency-distilled students only (distill_latent_ddpm.py)
 }
+DPM_ALGORITHMS = {"dpm": "dpmsolver++", "sde-dpm": "sde-dpmsolver++"}  # the two names of DPMSolverMultistepScheduler
 
 # What a folder saved by train_latent_ddpm.py samples with when `pipe()` is given no scheduler or steps, and what the
 # evaluation scores by default: the best quality per second measured on the demo teacher (docs/fast_sampling.md:
@@ -87,8 +88,8 @@ def make_scheduler(spec: str, config):
     name, options = parse_scheduler(spec)
     cls = SCHEDULERS[name]
     overrides = {"timestep_spacing": "trailing", "clip_sample": False}
-    if name in ("dpm", "sde-dpm"):
-        overrides["algorithm_type"] = "sde-dpmsolver++" if name == "sde-dpm" else "dpmsolver++"
+    if name in DPM_ALGORITHMS:
+        overrides["algorithm_type"] = DPM_ALGORITHMS[name]
     # from_config silently drops kwargs a class does not take (Euler has no clip_sample); pass only real ones.
     accepted = inspect.signature(cls.__init__).parameters
     overrides = {k: v for k, v in overrides.items() if k in accepted}
