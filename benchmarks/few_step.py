@@ -86,7 +86,8 @@ def markdown(r) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for c in r["cells"]:
         per = " / ".join(f"{s['fid']:.2f}" for s in c["per_seed"])
-        lines.append(f"| {c['label']} | `{c['scheduler']}` | {c['steps']} | {c['fid']:.2f} | {c['precision']:.3f} | "
+        at = f" at {c['timesteps']}" if c.get("timesteps") else ""
+        lines.append(f"| {c['label']} | `{c['scheduler']}`{at} | {c['steps']} | {c['fid']:.2f} | {c['precision']:.3f} | "
                      f"{c['recall']:.3f} | {per} | {c['digits_per_s']:,.0f} ({c['best_batch_size']:,}) |")
     floor = r["cells"][0]
     lines += ["", f"Real-data floor at {int(floor['floor_num_samples']):,} digits: FID {floor['fid_floor']:.2f}, precision "
@@ -132,7 +133,9 @@ def main(argv=None):
     results, grids = [], []
     for label, model, spec, steps in cells(args):
         cell, digits = measure_cell(samplers[model], spec, steps, args, classifier, reference)
-        results.append({"label": label, "model": model, "scheduler": spec, "steps": steps, **cell})
+        timesteps = samplers[model].pipe._default_timesteps(steps) if spec == "lcm" else None  # a folder's own
+        results.append({"label": label, "model": model, "scheduler": spec, "steps": steps, "timesteps": timesteps,
+                        **cell})
         grids.append(digits)
         print(f"{label} {spec} {steps}: FID {cell['fid']:.2f}, {cell['digits_per_s']:.0f} digits/s", flush=True)
 

@@ -148,9 +148,9 @@ def lcm_scheduler(teacher_scheduler, cfg) -> LCMScheduler:
                                     timestep_scaling=cfg.timestep_scaling, clip_sample=False)
 
 
-def student_pipeline(unet, autoencoder, scheduler, default_steps=2) -> LatentDDPMPipeline:
+def student_pipeline(unet, autoencoder, scheduler, default_steps=2, default_timesteps=None) -> LatentDDPMPipeline:
     pipe = LatentDDPMPipeline(unet=unet, autoencoder=autoencoder, scheduler=scheduler, consistency_distilled=True,
-                              default_num_inference_steps=default_steps)
+                              default_num_inference_steps=default_steps, default_timesteps=default_timesteps)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -167,7 +167,7 @@ def log_grids(accelerator, cfg, student, autoencoder, scheduler, step):
         return
     model = accelerator.unwrap_model(student)
     model.eval()
-    pipe = student_pipeline(model, autoencoder, copy.deepcopy(scheduler))
+    pipe = student_pipeline(model, autoencoder, copy.deepcopy(scheduler), default_timesteps=cfg.default_timesteps)
     for n in cfg.eval_steps:
         images = pipe(batch_size=64, num_inference_steps=n, generator=torch.Generator(accelerator.device).manual_seed(0),
                       output_type="np", **_grid_labels(model, 64)).images
@@ -212,6 +212,7 @@ def main(argv):
     noise_scheduler = noise_schedule(teacher_pipe.scheduler)  # whichever sampler the teacher folder saved
     lcm = lcm_scheduler(teacher_pipe.scheduler, cfg)
     grid = DDIMGrid(noise_scheduler, cfg.num_ddim_timesteps, accelerator.device)
+    check_on_grid(cfg.default_timesteps, grid)
     student = copy.deepcopy(teacher).requires_grad_(True).train()
     target = copy.deepcopy(teacher)
     ema = EMAModel(student.parameters(), decay=cfg.ema_decay, min_decay=cfg.ema_decay, use_ema_warmup=False,
@@ -261,10 +262,20 @@ def main(argv):
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         pipe = student_pipeline(accelerator.unwrap_model(student).float().eval(), autoencoder.float(), lcm,
-                                cfg.default_steps)
+                                cfg.default_steps, cfg.default_timesteps)
         finish(pipe, cfg, out, loss_log, clock, stop, teacher_train_seconds(cfg.teacher))
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+def check_on_grid(default_timesteps, grid):
+    """The student learns only the grid's timesteps: sampling timesteps must be among them."""
+    on_grid = set(grid.timesteps.tolist())
+    for ts in default_timesteps or []:
+        if not set(ts) <= on_grid:
+            raise UserError(f"default_timesteps {ts} are not all on the student's grid (every {grid.k}th timestep: "
+                            f"{grid.k - 1}, {2 * grid.k - 1}, ..., {grid.timesteps[-1].item()}); pick from it, or set "
+                            "default_timesteps to null for LCMScheduler's evenly spaced ones")
 
 
 def teacher_train_seconds(teacher):
@@ -275,8 +286,8 @@ def teacher_train_seconds(teacher):
 
 
 def settings(cfg, teacher_seconds, seconds) -> dict:
-    keys = ("num_ddim_timesteps", "guidance_scale", "default_steps", "max_train_steps", "train_batch_size", "learning_rate",
-            "ema_decay", "huber_c", "timestep_scaling", "seed")
+    keys = ("num_ddim_timesteps", "guidance_scale", "default_steps", "default_timesteps", "max_train_steps",
+            "train_batch_size", "learning_rate", "ema_decay", "huber_c", "timestep_scaling", "seed")
     return {"teacher": str(cfg.teacher), **{k: getattr(cfg, k) for k in keys},
             "distillation_seconds": round(seconds, 1),
             "teacher_training_seconds": None if teacher_seconds is None else round(teacher_seconds, 1)}

@@ -214,12 +214,14 @@ def _student_card(card: str, pipe, d: dict, repo_id=None) -> str:
         f"images = pipe(batch_size=16, generator=torch.Generator().manual_seed(0)).images  # {d['default_steps']} steps",
         "images = pipe(batch_size=16, num_inference_steps=1).images  # 1 to the grid's steps",
     ]
+    if d.get("default_timesteps"):
+        usage += [f"images = pipe(batch_size=16, timesteps={d['default_timesteps'][0]}).images  # any from the grid"]
     if conditional:
         usage += [f"threes = pipe(class_labels=[3] * 8).images  # guidance {d['guidance_scale']}"
                   " is built in: leave guidance_scale at 1"]
     usage += ["```", "", ""]
-    keys = ["teacher", "num_ddim_timesteps", "guidance_scale", "default_steps", "max_train_steps", "train_batch_size", "learning_rate",
-            "ema_decay", "huber_c", "timestep_scaling", "distillation_seconds", "teacher_training_seconds"]
+    keys = ["teacher", "num_ddim_timesteps", "guidance_scale", "default_steps", "default_timesteps", "max_train_steps",
+            "train_batch_size", "learning_rate", "ema_decay", "huber_c", "timestep_scaling", "distillation_seconds", "teacher_training_seconds"]
     made = ["## Consistency distillation", "",
             "Distilled with `distill_latent_ddpm.py` (diffusers' latent-consistency recipe: DDIM steps of the frozen"
             " teacher on a skipping grid, c_skip/c_out boundary scalings, an EMA target network, pseudo-Huber loss;"

@@ -160,7 +160,7 @@ class LatentDDPMPipeline(DiffusionPipeline):
 
     def __init__(self, unet: UNet2DModel, autoencoder: ModelMixin, scheduler: SchedulerMixin,
                  consistency_distilled: bool = False, default_num_inference_steps: int = 50,
-                 class_names: list[str] | None = None):
+                 class_names: list[str] | None = None, default_timesteps: list[list[int]] | None = None):
         super().__init__()
         self.register_modules(unet=unet, autoencoder=autoencoder, scheduler=scheduler)
         # A consistency-distilled UNet (distill_latent_ddpm.py) predicts the end of the trajectory: LCMScheduler only.
@@ -169,6 +169,10 @@ class LatentDDPMPipeline(DiffusionPipeline):
                                 default_num_inference_steps=default_num_inference_steps)
         if class_names is not None:  # folders saved without names keep a model_index.json without the key
             self.register_to_config(class_names=list(class_names))
+        # A student's measured timesteps for LCMScheduler, one list per step count: `pipe(num_inference_steps=2)`
+        # runs [999, 699] rather than LCM's evenly spaced [999, 499] when the folder lists it (docs/fast_sampling.md).
+        if default_timesteps is not None:
+            self.register_to_config(default_timesteps=[[int(t) for t in ts] for ts in default_timesteps])
 
     @property
     def class_names(self) -> list[str] | None:
@@ -207,7 +211,8 @@ class LatentDDPMPipeline(DiffusionPipeline):
         torch_dtype = kwargs.get("torch_dtype")
         with open(os.path.join(folder, "model_index.json")) as f:
             index = json.load(f)
-        saved = {k: index[k] for k in ("consistency_distilled", "default_num_inference_steps") if k in index}
+        saved = {k: index[k] for k in ("consistency_distilled", "default_num_inference_steps", "default_timesteps")
+                 if k in index}
         class_names = index.get("class_names")
         pipe = cls(
             class_names=class_names,
@@ -220,8 +225,10 @@ class LatentDDPMPipeline(DiffusionPipeline):
         return pipe
 
     def check_inputs(self, batch_size, num_inference_steps, strength, image, output_type, class_labels,
-                     callback_on_step_end_tensor_inputs):
+                     callback_on_step_end_tensor_inputs, timesteps=None):
         """Refuse bad arguments with a ValueError that says what is wrong, before anything runs."""
+        if timesteps is not None:
+            self._check_timesteps(timesteps)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive int; got {batch_size!r}.")
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
@@ -246,6 +253,27 @@ class LatentDDPMPipeline(DiffusionPipeline):
                              f"such ints, one per image; got {class_labels!r} ({_kind(class_labels)}).")
         if labels.min() < 0 or labels.max() >= num_class_embeds - 1:  # the last embedding is the null label
             raise ValueError(f"`class_labels` must lie in [0, {num_class_embeds - 2}]; got {labels.tolist()}.")
+
+    def _check_timesteps(self, timesteps):
+        """Custom timesteps (diffusers' `timesteps=` argument): ints, strictly descending, inside the noise
+        schedule, for a scheduler whose set_timesteps takes them."""
+        name = type(self.scheduler).__name__
+        if "timesteps" not in inspect.signature(self.scheduler.set_timesteps).parameters:
+            raise ValueError(f"{name} does not take custom `timesteps`; pass `num_inference_steps` instead.")
+        num_train = self.scheduler.config.num_train_timesteps
+        ok = isinstance(timesteps, (list, tuple)) and len(timesteps) > 0 and all(
+            isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in timesteps)
+        if not ok or any(not 0 <= t < num_train for t in timesteps) or any(
+                a <= b for a, b in zip(timesteps, timesteps[1:])):
+            raise ValueError(f"`timesteps` must be a non-empty list of ints, strictly descending, from "
+                             f"{num_train - 1} to 0 (e.g. [999, 699]); got {timesteps!r}.")
+
+    def _default_timesteps(self, num_inference_steps):
+        """The folder's measured timesteps for this step count (consistency students with LCMScheduler), or None."""
+        if type(self.scheduler).__name__ != "LCMScheduler":
+            return None
+        return next((list(ts) for ts in self.config.get("default_timesteps") or [] if len(ts) == num_inference_steps),
+                    None)
 
     def _label_indices(self, class_labels) -> np.ndarray:
         """`class_labels` as an array, class names (str) turned into their indices."""
@@ -363,6 +391,7 @@ class LatentDDPMPipeline(DiffusionPipeline):
         class_labels=None,
         guidance_scale: float = 1.0,
         return_intermediates: bool = False,
+        timesteps: list[int] | None = None,
     ) -> LatentDDPMPipelineOutput | tuple:
         r"""Generate images from noise, or from given images (img2img).
 
@@ -401,6 +430,10 @@ class LatentDDPMPipeline(DiffusionPipeline):
                 Classifier-free guidance for class-conditional UNets; 1 is a single conditional pass, no guidance.
             return_intermediates (`bool`, defaults to `False`):
                 Also return the decoded images before the first and after every step.
+            timesteps (`list[int]`, *optional*):
+                Custom timesteps, descending, for schedulers whose `set_timesteps` takes them (LCMScheduler, DDPM,
+                DPM-Solver++); their number is the step count. By default a consistency student runs its folder's
+                `default_timesteps` for that step count, if it lists one, and LCMScheduler's own otherwise.
 
         Examples:
 
@@ -411,10 +444,16 @@ class LatentDDPMPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
 
         # 0. Check the inputs; the images, if any, set the batch, else a list of labels alone does
+        if timesteps is not None and num_inference_steps is None and isinstance(timesteps, (list, tuple)):
+            num_inference_steps = len(timesteps)
         if num_inference_steps is None:
             num_inference_steps = self.config.get("default_num_inference_steps", 50)
         self.check_inputs(batch_size, num_inference_steps, strength, image, output_type, class_labels,
-                          callback_on_step_end_tensor_inputs)
+                          callback_on_step_end_tensor_inputs, timesteps)
+        if timesteps is not None and len(timesteps) != num_inference_steps:
+            raise ValueError(f"`num_inference_steps` ({num_inference_steps}) and the {len(timesteps)} `timesteps` "
+                             "disagree; pass one of them.")
+        custom = list(timesteps) if timesteps is not None else self._default_timesteps(num_inference_steps)
         if image is not None:
             image = _digits_to_unit_tensor(image, self.num_channels, self.image_size)
             if batch_size not in (1, len(image)):
@@ -433,7 +472,10 @@ class LatentDDPMPipeline(DiffusionPipeline):
 
         # 1. Set the timesteps (img2img keeps only the last `strength` fraction)
         self._check_consistency_scheduler(num_inference_steps)
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        if custom is not None:
+            self.scheduler.set_timesteps(timesteps=[int(t) for t in custom], device=device)
+        else:
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         if repeats_timesteps(self.scheduler):
             raise ValueError(f"{type(self.scheduler).__name__} repeats timesteps at {num_inference_steps} steps "

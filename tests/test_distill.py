@@ -47,6 +47,7 @@ def test_student_folder_is_complete_and_says_what_it_is(student, teacher):
     assert scheduler["beta_schedule"] == "squaredcos_cap_v2" and scheduler["prediction_type"] == "v_prediction"
     index = json.loads((student / "model_index.json").read_text())
     assert index["consistency_distilled"] is True and index["default_num_inference_steps"] == 2
+    assert index["default_timesteps"] == [[999, 699], [999, 799, 599, 399]]  # the config's measured timesteps
     from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
     from pipeline.schedulers import default_sampling
     assert default_sampling(LatentDDPMPipeline.from_pretrained(student)) == ("lcm", 2)  # the evaluation's and the app's
@@ -54,6 +55,7 @@ def test_student_folder_is_complete_and_says_what_it_is(student, teacher):
     assert info["teacher"] == str(teacher) and info["guidance_scale"] == 1.0 and info["max_train_steps"] == 20
     card = (student / "README.md").read_text()
     assert f"student of `{teacher}`" in card and "# 2 steps" in card and "| guidance_scale | 1.0 |" in card
+    assert "timesteps=[999, 699]" in card and "| default_timesteps | [[999, 699], [999, 799, 599, 399]] |" in card
     assert (student / "checkpoint-20" / "unet_target" / "diffusion_pytorch_model.safetensors").is_file()
     assert list((student / "logs").rglob("events.out.tfevents*"))
     # The student moved away from the teacher's weights it started from.
@@ -125,6 +127,32 @@ def test_more_eval_steps_than_the_grid_has_is_refused():
 
     with pytest.raises(UserError, match=r"from 1 to num_ddim_timesteps \(8\): the student's grid has no more"):
         parse_config(DistillConfig, ["--num_ddim_timesteps", "8", "--eval_steps", "[1, 9]"])
+
+
+@pytest.mark.parametrize("value,match", [
+    ("[[699, 999]]", "descending timesteps, one list per step count"),
+    ("[[999, 699], [999, 499]]", "two lists of the same length"),
+    ("[999, 699]", "descending timesteps, one list per step count"),
+])
+def test_bad_default_timesteps_are_refused(value, match):
+    from pipeline.config import DistillConfig, parse_config
+    from pipeline.errors import UserError
+
+    with pytest.raises(UserError, match=match):
+        parse_config(DistillConfig, ["--default_timesteps", value])
+    assert parse_config(DistillConfig, ["--default_timesteps", "null"]).default_timesteps is None
+
+
+def test_default_timesteps_off_the_students_grid_are_refused_with_the_grid_named():
+    from pipeline.distill import DDIMGrid, check_on_grid
+    from pipeline.errors import UserError
+    from pipeline.schedulers import make_train_scheduler
+
+    grid = DDIMGrid(make_train_scheduler(), 50, "cpu")
+    check_on_grid([[999, 699], [999, 799, 599, 399]], grid)
+    with pytest.raises(UserError, match=r"\[999, 690\] are not all on the student's grid \(every 20th timestep: "
+                                        r"19, 39, ..., 999\); pick from it, or set default_timesteps to null"):
+        check_on_grid([[999, 690]], grid)
 
 
 @pytest.mark.slow

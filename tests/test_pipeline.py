@@ -23,7 +23,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from pipeline.autoencoder import CABAutoencoder
 from pipeline.export import push_folder, save_pipeline_folder, upload_plan
 from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
-from pipeline.schedulers import SCHEDULERS, make_scheduler, make_train_scheduler
+from pipeline.schedulers import SCHEDULERS, make_scheduler, make_train_scheduler, with_scheduler
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 2
@@ -297,6 +297,65 @@ def test_callback_on_step_end_once_per_step_and_can_replace_latents(pipe):
     with torch.no_grad():
         expected = pipe.decode_latents(torch.zeros(2, 4, 8, 8))  # the callback's latents are what gets decoded
     torch.testing.assert_close(out.images, expected)
+
+
+def run_timesteps(pipe, **kwargs):
+    """The timesteps a call ran (each step's t, from the callback) and its images."""
+    seen = []
+    images = pipe(batch_size=2, generator=gen(), output_type="np",
+                  callback_on_step_end=lambda p, i, t, kw: seen.append(int(t)) or {}, **kwargs).images
+    return seen, images
+
+
+def test_custom_timesteps_are_the_steps_that_run(pipe):
+    seen, _ = run_timesteps(pipe, timesteps=[900, 500, 100])
+    assert seen == [900, 500, 100]
+    seen, _ = run_timesteps(pipe, num_inference_steps=2, timesteps=[999, 399])
+    assert seen == [999, 399]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"timesteps": [100, 500]}, "strictly descending"),
+    ({"timesteps": []}, "non-empty list"),
+    ({"timesteps": [1000, 10]}, "from 999 to 0"),
+    ({"timesteps": [900.5, 10]}, "list of ints"),
+    ({"timesteps": [900, 10], "num_inference_steps": 3}, r"`num_inference_steps` \(3\) and the 2 `timesteps` disagree"),
+])
+def test_bad_custom_timesteps_are_a_value_error(pipe, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pipe(batch_size=1, **kwargs)
+
+
+def test_a_scheduler_without_custom_timesteps_says_so():
+    with pytest.raises(ValueError, match="does not take custom `timesteps`; pass `num_inference_steps`"):
+        make_pipe("ddim")(batch_size=1, timesteps=[999, 499])
+
+
+def test_a_students_default_timesteps_run_for_their_step_count_only_with_lcm(tmp_path):
+    """A consistency student's folder lists measured timesteps per step count: pipe(num_inference_steps=2) runs
+    them, other counts run LCMScheduler's own, an explicit `timesteps` wins, and they survive save/load."""
+    from diffusers import LCMScheduler
+
+    lcm = LCMScheduler.from_config(make_train_scheduler().config, original_inference_steps=50)
+    student = LatentDDPMPipeline(unet=tiny_unet(), autoencoder=tiny_autoencoder(), scheduler=lcm,
+                                 consistency_distilled=True, default_num_inference_steps=2,
+                                 default_timesteps=[[999, 699], [999, 799, 599, 399]])
+    student.set_progress_bar_config(disable=True)
+    assert run_timesteps(student)[0] == [999, 699]  # the folder's default step count, at its timesteps
+    assert run_timesteps(student, num_inference_steps=4)[0] == [999, 799, 599, 399]
+    lcm.set_timesteps(3)
+    assert run_timesteps(student, num_inference_steps=3)[0] == lcm.timesteps.tolist()  # none listed: LCM's own
+    assert run_timesteps(student, timesteps=[999, 299])[0] == [999, 299]
+    stock = LatentDDPMPipeline(**student.components, consistency_distilled=True, default_num_inference_steps=2)
+    stock.set_progress_bar_config(disable=True)
+    tuned, stock_seen = run_timesteps(student)[1], run_timesteps(stock)
+    assert stock_seen[0] == [999, 499] and not np.allclose(tuned, stock_seen[1])
+    student.save_pretrained(tmp_path)
+    loaded = LatentDDPMPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert run_timesteps(loaded)[0] == [999, 699]
+    with pytest.warns(UserWarning, match="consistency-distilled"):  # another scheduler: LCM's timesteps not forced
+        assert run_timesteps(with_scheduler(loaded, "dpm"), num_inference_steps=2)[0] != [999, 699]
 
 
 # ----------------------------------------------------------------------------- pinned numbers
