@@ -327,15 +327,17 @@ def finish(pipe, cfg, out, loss_log, clock, stop, teacher_seconds):
 
 @torch.no_grad()
 def student_figures(pipe, cfg, out):
-    """samples.png (a 10x10 grid at the smallest step count but one) and samples_<n>_steps.png for each step
-    count, from the same noise; denoising.png: x_T and the digits after each of the largest step count's steps."""
+    """samples.png (a 10x10 grid at the folder's default step count, else the smallest but one) and
+    samples_<n>_steps.png for each step count, from the same noise; denoising.png: x_T and the digits after each
+    of the largest step count's steps."""
     device = pipe.unet.device
     labels = _grid_labels(pipe.unet, 100)
     for n in cfg.eval_steps:
         images = pipe(batch_size=100, num_inference_steps=n, generator=torch.Generator(device).manual_seed(cfg.seed),
                       output_type="np", **labels).images
         visualisation.save_grid(images, out / f"samples_{n}_steps.png", nrow=10)
-    default = sorted(cfg.eval_steps)[min(1, len(cfg.eval_steps) - 1)]
+    default = (cfg.default_steps if cfg.default_steps in cfg.eval_steps
+               else sorted(cfg.eval_steps)[min(1, len(cfg.eval_steps) - 1)])
     (out / "samples.png").write_bytes((out / f"samples_{default}_steps.png").read_bytes())
     res = pipe(batch_size=64, num_inference_steps=max(cfg.eval_steps), output_type="np", return_intermediates=True,
                generator=torch.Generator(device).manual_seed(cfg.seed + 1), **_grid_labels(pipe.unet, 64))

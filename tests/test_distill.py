@@ -46,16 +46,16 @@ def test_student_folder_is_complete_and_says_what_it_is(student, teacher):
     assert scheduler["_class_name"] == "LCMScheduler" and scheduler["original_inference_steps"] == 50
     assert scheduler["beta_schedule"] == "squaredcos_cap_v2" and scheduler["prediction_type"] == "v_prediction"
     index = json.loads((student / "model_index.json").read_text())
-    assert index["consistency_distilled"] is True and index["default_num_inference_steps"] == 2
-    assert index["default_timesteps"] == [[999, 699], [999, 799, 599, 399]]  # the config's measured timesteps
+    assert index["consistency_distilled"] is True and index["default_num_inference_steps"] == 4
+    assert index["default_timesteps"] == [[999, 699], [999, 859, 699, 499]]  # the config's measured timesteps
     from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
     from pipeline.schedulers import default_sampling
-    assert default_sampling(LatentDDPMPipeline.from_pretrained(student)) == ("lcm", 2)  # the evaluation's and the app's
+    assert default_sampling(LatentDDPMPipeline.from_pretrained(student)) == ("lcm", 4)  # the evaluation's and the app's
     info = json.loads((student / "distillation.json").read_text())
     assert info["teacher"] == str(teacher) and info["guidance_scale"] == 1.0 and info["max_train_steps"] == 20
     card = (student / "README.md").read_text()
-    assert f"student of `{teacher}`" in card and "# 2 steps" in card and "| guidance_scale | 1.0 |" in card
-    assert "timesteps=[999, 699]" in card and "| default_timesteps | [[999, 699], [999, 799, 599, 399]] |" in card
+    assert f"student of `{teacher}`" in card and "# 4 steps" in card and "| guidance_scale | 1.0 |" in card
+    assert "timesteps=[999, 699]" in card and "| default_timesteps | [[999, 699], [999, 859, 699, 499]] |" in card
     assert (student / "checkpoint-20" / "unet_target" / "diffusion_pytorch_model.safetensors").is_file()
     assert list((student / "logs").rglob("events.out.tfevents*"))
     # The student moved away from the teacher's weights it started from.
@@ -89,8 +89,9 @@ def test_student_loads_with_plain_diffusers_in_a_fresh_process_and_samples_at_1_
         ours = pipe(batch_size=4, num_inference_steps=n, generator=torch.manual_seed(0), output_type="np").images
         np.testing.assert_allclose(ours, shipped, atol=1e-5)
     assert not np.allclose(np.load(tmp_path / "1.npy"), np.load(tmp_path / "2.npy"))
-    default = pipe(batch_size=4, generator=torch.manual_seed(0), output_type="np").images  # the folder's 2 steps
-    np.testing.assert_allclose(default, np.load(tmp_path / "2.npy"), atol=1e-5)
+    default = pipe(batch_size=4, generator=torch.manual_seed(0), output_type="np").images  # the folder's 4 steps
+    four = pipe(batch_size=4, num_inference_steps=4, generator=torch.manual_seed(0), output_type="np").images
+    np.testing.assert_array_equal(default, four)
 
 
 @pytest.mark.slow
