@@ -432,7 +432,7 @@ class LatentDDPMPipeline(DiffusionPipeline):
                 Also return the decoded images before the first and after every step.
             timesteps (`list[int]`, *optional*):
                 Custom timesteps, descending, for schedulers whose `set_timesteps` takes them (LCMScheduler, DDPM,
-                DPM-Solver++); their number is the step count. By default a consistency student runs its folder's
+                DPM-Solver++, Euler; not DDIM or UniPC); their number is the step count. By default a consistency student runs its folder's
                 `default_timesteps` for that step count, if it lists one, and LCMScheduler's own otherwise.
 
         Examples:

@@ -365,7 +365,8 @@ def test_few_step_compares_teacher_and_student_on_the_same_judge(tmp_path, mnist
     teacher = tiny_pipe(conditional=False)
     teacher.scheduler = make_train_scheduler(1000, "squaredcos_cap_v2", "v_prediction")
     save_pipeline_folder(teacher, tmp_path / "teacher")
-    student = student_pipeline(teacher.unet, teacher.autoencoder, lcm_scheduler(teacher.scheduler, DistillConfig()))
+    student = student_pipeline(teacher.unet, teacher.autoencoder, lcm_scheduler(teacher.scheduler, DistillConfig()),
+                               default_timesteps=[[999, 699]])
     save_pipeline_folder(student, tmp_path / "student")
     cmd = [sys.executable, "-m", "benchmarks.few_step", "--teacher", str(tmp_path / "teacher"), "--student",
            str(tmp_path / "student"), "--num_samples", "16", "--seeds", "0,1", "--batch_sizes", "4,8",
@@ -382,7 +383,9 @@ def test_few_step_compares_teacher_and_student_on_the_same_judge(tmp_path, mnist
         assert c["best_batch_size"] in (4, 8) and c["digits_per_s"] > 0 and c["per_seed"][0]["floor_num_samples"] == 16
     assert r["hardware"]["cpu_count"] and r["git_commit"] and r["distillation_seconds"] is None
     md = (tmp_path / "out" / "fs.md").read_text()
-    assert "| student | `lcm` | 2 |" in md and "Real-data floor at 16 digits" in md
+    assert [c["timesteps"] for c in r["cells"][4:]] == [None, [999, 699]]  # the folder's own for 2 steps
+    assert "| student | `lcm` | 1 |" in md and "| student | `lcm` at [999, 699] | 2 |" in md
+    assert "Real-data floor at 16 digits" in md
     assert imageio.imread(tmp_path / "out" / "fs_grid.png").ndim == 3
 
 

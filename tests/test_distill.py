@@ -95,6 +95,25 @@ def test_student_loads_with_plain_diffusers_in_a_fresh_process_and_samples_at_1_
 
 
 @pytest.mark.slow
+def test_checkpoint_benchmark_scores_each_checkpoint_at_each_schedule(student, mnist_dir, tmp_path):
+    cmd = [sys.executable, "-m", "benchmarks.distill_checkpoints", "--run", str(student), "--schedules", "2;999,699",
+           "--num_samples", "16", "--batch_size", "8", "--data_dir", str(mnist_dir), "--output", str(tmp_path),
+           "--name", "ck"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "ck.json").read_text())["rows"]
+    assert [(r["checkpoint"], r["schedule"], r["timesteps"]) for r in rows] == [
+        (10, "LCM 2", None), (10, "[999, 699]", [999, 699]), (20, "LCM 2", None), (20, "[999, 699]", [999, 699])]
+    assert rows[0]["fid"] != rows[2]["fid"]  # each checkpoint's own weights
+    assert "| 20 | " in (tmp_path / "ck.md").read_text()
+    bad = subprocess.run(cmd[:-2] + ["--checkpoints", "15"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
+        f"error: {student} has no checkpoint-15 folder (found: 10, 20); distill with a checkpointing_steps that reaches it"]
+    up = subprocess.run(cmd[:6] + ["699,999"] + cmd[7:], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert up.returncode == 1 and "error: --schedules [699, 999]: `timesteps` must be" in up.stderr
+
+
+@pytest.mark.slow
 def test_kill_9_then_resume_ends_with_identical_weights(mnist_dir, teacher, student, tmp_path):
     out = tmp_path / "killed"
     args = distill_args(mnist_dir, teacher, out, extra=["--checkpointing_steps", "5", "--skip_figures"])
