@@ -211,7 +211,8 @@ def _student_card(card: str, pipe, d: dict, repo_id=None) -> str:
         " denoiser's and give poor digits (the pipeline warns).", "",
         "```python", "import torch", "from diffusers import DiffusionPipeline", "",
         f"pipe = DiffusionPipeline.from_pretrained(\"{repo_id or 'path/to/this/folder'}\", trust_remote_code=True)",
-        f"images = pipe(batch_size=16, generator=torch.Generator().manual_seed(0)).images  # {d['default_steps']} steps",
+        f"images = pipe(batch_size=16, generator=torch.Generator().manual_seed(0)).images  # {d['default_steps']} steps"
+        + next((f" at {ts}" for ts in d.get("default_timesteps") or [] if len(ts) == d["default_steps"]), ""),
         "images = pipe(batch_size=16, num_inference_steps=1).images  # 1 to the grid's steps",
     ]
     if d.get("default_timesteps"):
