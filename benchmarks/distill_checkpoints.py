@@ -26,14 +26,15 @@ KEYS = ("fid", "precision", "recall", "fid_floor")
 
 
 def schedule_list(text):
-    """argparse type: "2;999,699" -> [2, [999, 699]] (a bare count: LCM's own timesteps; a list: those)."""
+    """argparse type: "2;999,699" -> [(2, None), (2, [999, 699])]: (steps, timesteps), where a bare count means
+    LCM's own timesteps (None) and a list means those."""
     out = []
     for part in (p.strip() for p in text.split(";") if p.strip()):
         try:
             ts = [int(t) for t in part.split(",")]
         except ValueError:
             raise argparse.ArgumentTypeError(f"{part!r} is neither a step count nor a list of timesteps")
-        out.append(ts[0] if len(ts) == 1 else ts)
+        out.append((ts[0], None) if len(ts) == 1 else (len(ts), ts))
     if not out:
         raise argparse.ArgumentTypeError("no schedules given")
     return out
@@ -66,7 +67,8 @@ def checkpoint_steps(run: Path, wanted=None) -> list[int]:
 
 
 def label(schedule) -> str:
-    return f"LCM {schedule}" if isinstance(schedule, int) else "[" + ", ".join(map(str, schedule)) + "]"
+    n, timesteps = schedule
+    return f"LCM {n}" if timesteps is None else "[" + ", ".join(map(str, timesteps)) + "]"
 
 
 def main(argv=None):
@@ -85,21 +87,20 @@ def main(argv=None):
         raise SystemExit(f"error: {run} is not a consistency-distilled student (its scheduler is "
                          f"{type(pipe.scheduler).__name__}); pass a distill_latent_ddpm.py output folder")
     pipe.set_progress_bar_config(disable=True)
-    for s in args.schedules:
+    for n, timesteps in args.schedules:
         try:  # the pipeline's own checks, before any sampling
-            pipe.check_inputs(1, s if isinstance(s, int) else len(s), 1.0, None, "np", None, [],
-                              None if isinstance(s, int) else s)
-            pipe._check_consistency_scheduler(s if isinstance(s, int) else len(s))
+            pipe.check_inputs(1, n, 1.0, None, "np", None, [], timesteps)
+            pipe._check_consistency_scheduler(n)
         except ValueError as e:
-            raise SystemExit(f"error: --schedules {label(s)}: {e}")
+            raise SystemExit(f"error: --schedules {label((n, timesteps))}: {e}")
     classifier = get_classifier(data_dir=args.data_dir, device="cpu")
     reference = get_reference(data_dir=args.data_dir, classifier=classifier)
     rows = []
     for step in steps:
         pipe.unet.load_state_dict(load_file(run / f"checkpoint-{step}" / "model.safetensors"))
         for s in args.schedules:
-            n = s if isinstance(s, int) else len(s)
-            pipe.register_to_config(default_timesteps=None if isinstance(s, int) else [s])  # what pipe(n) runs
+            n, timesteps = s
+            pipe.register_to_config(default_timesteps=timesteps and [timesteps])  # what pipe(n) runs
             per_seed = []
             for seed in args.seeds:
                 digits = sample_digits(pipe, args.num_samples, args.batch_size, n, seed)
@@ -107,7 +108,7 @@ def main(argv=None):
                 per_seed.append({k: float(scores[k]) for k in KEYS})
             mean = {k: float(np.mean([p[k] for p in per_seed])) for k in KEYS}
             rows.append({"checkpoint": step, "schedule": label(s), "num_inference_steps": n,
-                         "timesteps": None if isinstance(s, int) else s, **mean, "per_seed": per_seed})
+                         "timesteps": timesteps, **mean, "per_seed": per_seed})
             print(f"checkpoint {step}, {label(s)}: FID {mean['fid']:.2f}", flush=True)
 
     hw = hardware(torch.device("cpu"))
