@@ -104,7 +104,9 @@ def fid_metric(extractor, real_state=None):
     """torchmetrics' FID with the judge as its feature extractor, starting from cached real statistics."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    fid = FrechetInceptionDistance(feature=extractor, reset_real_features=False)
+    # sync_on_compute=False: the scores are taken on one process (the main one, at the end of a run on several);
+    # torchmetrics would otherwise all-gather its state from processes that are not scoring, and hang or fail.
+    fid = FrechetInceptionDistance(feature=extractor, reset_real_features=False, sync_on_compute=False)
     if real_state is not None:
         # merge_state adds the cached real sums to a fresh metric's zeros: the public way to restore a state
         fid.merge_state({**fid.metric_state, **{k: torch.as_tensor(real_state[k]) for k in FID_REAL_STATES}})
@@ -118,7 +120,8 @@ def kid_scores(extractor, real_features, images) -> dict:
     n = min(len(images), len(real_features))
     with warnings.catch_warnings():  # "will save all extracted features in buffer": 10,000 x 128 floats here
         warnings.filterwarnings("ignore", message=".*will save all extracted features")
-        kid = KernelInceptionDistance(feature=extractor, subsets=KID_SUBSETS, subset_size=min(KID_SUBSET_SIZE, n))
+        kid = KernelInceptionDistance(feature=extractor, subsets=KID_SUBSETS, subset_size=min(KID_SUBSET_SIZE, n),
+                                      sync_on_compute=False)  # one process scores, as in fid_metric
     kid.merge_state({"real_features": [torch.as_tensor(real_features, dtype=torch.float32)], "fake_features": []})
     for i in range(0, len(images), BATCH):
         kid.update(torch.as_tensor(images[i:i + BATCH]), real=False)

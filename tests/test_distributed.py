@@ -1,5 +1,6 @@
 """Two gloo processes on a CPU-only machine: torchrun and `accelerate launch --multi_gpu`."""
 
+import json
 import os
 import subprocess
 import sys
@@ -59,11 +60,14 @@ def test_both_scripts_train_on_two_processes(launcher, mnist_dir, tmp_path):
                  "--save_images_steps", "100", "--eval_num_samples", "0", "--num_inference_steps", "2", *TINY_UNET]
     log = launch(launcher, "train_latent_ddpm.py", ddpm_args + ["--max_train_steps", "5"])
     assert "training on 2 process(es)" in log and "weights identical on all 2 processes" in log
-    # Resume on two processes from the checkpoint the two processes wrote.
-    log = launch(launcher, "train_latent_ddpm.py", ddpm_args + ["--max_train_steps", "10",
+    # Resume on two processes from the checkpoint the two processes wrote, this time with the end-of-run
+    # evaluation on: the main process scores while the other waits, and no metric reaches for the other's state.
+    log = launch(launcher, "train_latent_ddpm.py", ddpm_args + ["--max_train_steps", "10", "--eval_num_samples", "20",
                                                                 "--resume_from_checkpoint", "latest"])
     assert "resumed from" in log and "checkpoint-5" in log and "weights identical on all 2 processes" in log
     assert (tmp_path / "ddpm" / "model_index.json").is_file() and (tmp_path / "ddpm" / "checkpoint-10").is_dir()
+    metrics = json.loads((tmp_path / "ddpm" / "evaluation" / "metrics.json").read_text())
+    assert metrics["num_samples"] == 20 and metrics["fid"] > 0 and metrics["fid_floor"] > 0
 
 
 def test_sigterm_to_one_of_two_processes_checkpoints_and_stops_both(mnist_dir, tiny_autoencoder_run, tmp_path):
