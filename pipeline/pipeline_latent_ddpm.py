@@ -225,12 +225,19 @@ class LatentDDPMPipeline(DiffusionPipeline):
         return pipe
 
     def check_inputs(self, batch_size, num_inference_steps, strength, image, output_type, class_labels,
-                     callback_on_step_end_tensor_inputs, timesteps=None):
-        """Refuse bad arguments with a ValueError that says what is wrong, before anything runs."""
+                     callback_on_step_end_tensor_inputs, timesteps=None, guidance_scale=1.0, generator=None):
+        """Refuse bad arguments with a ValueError that says what is wrong, before anything runs. `batch_size` is the
+        batch the call makes (the images or the labels may have set it)."""
         if timesteps is not None:
             self._check_timesteps(timesteps)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive int; got {batch_size!r}.")
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"`generator` is a list of {len(generator)} generators, but the batch has {batch_size} "
+                             "images; pass one generator per image, or a single generator.")
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float, np.floating, np.integer)) \
+                or not np.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"`guidance_scale` must be a finite number >= 0 (1 = no guidance); got {guidance_scale!r}.")
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be a positive int; got {num_inference_steps!r}.")
         if not 0.0 <= strength <= 1.0:
@@ -448,20 +455,20 @@ class LatentDDPMPipeline(DiffusionPipeline):
             num_inference_steps = len(timesteps)
         if num_inference_steps is None:
             num_inference_steps = self.config.get("default_num_inference_steps", 50)
-        self.check_inputs(batch_size, num_inference_steps, strength, image, output_type, class_labels,
-                          callback_on_step_end_tensor_inputs, timesteps)
-        if timesteps is not None and len(timesteps) != num_inference_steps:
-            raise ValueError(f"`num_inference_steps` ({num_inference_steps}) and the {len(timesteps)} `timesteps` "
-                             "disagree; pass one of them.")
-        custom = list(timesteps) if timesteps is not None else self._default_timesteps(num_inference_steps)
         if image is not None:
             image = _digits_to_unit_tensor(image, self.num_channels, self.image_size)
             if batch_size not in (1, len(image)):
                 raise ValueError(f"`batch_size` ({batch_size}) must be 1 or match the number of images ({len(image)}).")
             batch_size = len(image)
         n_labels = _label_count(class_labels)
-        if image is None and n_labels is not None and batch_size == 1:  # like DiTPipeline: one image per label
+        if image is None and n_labels and batch_size == 1:  # like DiTPipeline: one image per label
             batch_size = n_labels  # (with `image`, the images set the batch and the labels must match it)
+        self.check_inputs(batch_size, num_inference_steps, strength, image, output_type, class_labels,
+                          callback_on_step_end_tensor_inputs, timesteps, guidance_scale, generator)
+        if timesteps is not None and len(timesteps) != num_inference_steps:
+            raise ValueError(f"`num_inference_steps` ({num_inference_steps}) and the {len(timesteps)} `timesteps` "
+                             "disagree; pass one of them.")
+        custom = list(timesteps) if timesteps is not None else self._default_timesteps(num_inference_steps)
 
         device, dtype = self._execution_device, self.unet.dtype
         labels = self._prepare_class_labels(class_labels, batch_size, device)

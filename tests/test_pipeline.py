@@ -430,6 +430,32 @@ def test_guidance_matches_manual_loop(cond_pipe, guidance_scale):
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("kwargs,match", [
+    ({"batch_size": 2, "generator": [gen(0), gen(1), gen(2)]}, "a list of 3 generators, but the batch has 2 images"),
+    ({"batch_size": 3, "generator": [gen(0), gen(1)]}, "a list of 2 generators, but the batch has 3 images"),
+    ({"class_labels": [1, 2, 3], "generator": [gen(0)]}, "a list of 1 generators, but the batch has 3 images"),
+    ({"class_labels": [1, 2], "guidance_scale": -1.0}, r"finite number >= 0 .*got -1.0"),
+    ({"class_labels": [1, 2], "guidance_scale": float("nan")}, r"finite number >= 0 .*got nan"),
+    ({"class_labels": [1, 2], "guidance_scale": float("inf")}, r"finite number >= 0 .*got inf"),
+    ({"class_labels": [1, 2], "guidance_scale": "2"}, r"finite number >= 0 .*got '2'"),
+])
+def test_bad_generators_and_guidance_are_a_value_error_before_sampling(cond_pipe, kwargs, match):
+    calls = []
+    hook = cond_pipe.unet.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match=match):
+            cond_pipe(num_inference_steps=STEPS, output_type="np", **kwargs)
+    finally:
+        hook.remove()
+    assert calls == []  # refused before the first denoising step
+
+
+def test_one_generator_per_image_and_guidance_zero_are_accepted(cond_pipe):
+    out = cond_pipe(class_labels=[1, 2], generator=[gen(0), gen(1)], guidance_scale=0.0, num_inference_steps=STEPS,
+                    output_type="np").images
+    assert out.shape[0] == 2 and np.isfinite(out).all()
+
+
 def test_guidance_scale_one_is_a_single_conditional_pass(cond_pipe):
     labels_seen = []
     hook = cond_pipe.unet.register_forward_hook(lambda m, args, kwargs, out: labels_seen.append(kwargs["class_labels"]),
