@@ -43,28 +43,32 @@ def main(argv):
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     training.announce(accelerator, cfg)
     out = Path(cfg.output_dir)
-    training.lock_output_dir(accelerator, out)  # one run per folder, held until this process ends
-    record = training.run_record(accelerator, cfg, RESUME_FIXED)
-    training.check_output_dir(cfg, record)  # before anything is written: the checkpoints there are this run's
-    if accelerator.is_main_process:
-        save_config(cfg, out / "training_config.yaml")
-    set_seed(cfg.seed)  # model initialisation; data order and noise have their own seeds
     clock.lap("set-up")
 
-    # 1. Data: the whole split lives on the device as one tensor; no dataloader needed.
+    # 1. Data, read and checked before the run folder is touched: data the system cannot take is refused with
+    #    nothing written. The whole split lives on the device as one tensor; no dataloader needed.
     sample_size = check_resolution(cfg)
     train = load_images("train", cfg, cfg.resolution, cfg.channels)
     test = load_images("test", cfg, train.images.shape[-1], train.channels)
     train_images, _ = training.first_samples(accelerator, cfg, train.images)
+    order = training.BatchOrder(len(train_images), cfg.train_batch_size, cfg.seed,
+                                accelerator.process_index, accelerator.num_processes, accelerator.device)
     test_images = test.images[:cfg.max_eval_samples]
     test_labels = None if test.labels is None else test.labels[:cfg.max_eval_samples]
     image_size = train_images.shape[-1]
     sample_size = sample_size or model_size(image_size, pad_multiple(cfg))
     train_x = to_model_input(train_images, sample_size).to(accelerator.device)
     held_out = to_model_input(test_images[:256], sample_size).to(accelerator.device)
-    if accelerator.is_main_process:
-        write_data_record(out, cfg, train, test, image_size, sample_size)
     clock.lap("data")
+
+    training.lock_output_dir(accelerator, out)  # one run per folder, held until this process ends
+    record = training.run_record(accelerator, cfg, RESUME_FIXED)
+    training.check_output_dir(cfg, record)  # before anything is written: the checkpoints there are this run's
+    if accelerator.is_main_process:
+        save_config(cfg, out / "training_config.yaml")
+        write_data_record(out, cfg, train, test, image_size, sample_size)
+    set_seed(cfg.seed)  # model initialisation; data order and noise have their own seeds
+    clock.lap("set-up")
 
     # 2. Model, optimizer, schedule.
     model = CABAutoencoder(**vars(cfg.autoencoder), in_channels=train.channels, sample_size=sample_size,
@@ -73,8 +77,6 @@ def main(argv):
 
     # 3. Resume, then train to exactly max_train_steps.
     step = training.resume(accelerator, cfg, optimizer, lr_scheduler)
-    order = training.BatchOrder(len(train_x), cfg.train_batch_size, cfg.seed,
-                                accelerator.process_index, accelerator.num_processes, train_x.device)
     loss_log = training.LossLog(out / "loss.csv", step, accelerator.is_main_process)
     stop = training.StopRequest()
     meter = training.LossMeter(accelerator, cfg, step)

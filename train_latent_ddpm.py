@@ -91,23 +91,17 @@ def main(argv):
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     training.announce(accelerator, cfg)
     out = Path(cfg.output_dir)
-    training.lock_output_dir(accelerator, out)  # one run per folder, held until this process ends
     set_seed(cfg.seed)
 
-    # 1. Frozen autoencoder; then, before anything is written, the check that checkpoints already in the
-    #    folder are this run's; the UNet the latents decide the shape of (built before the data, so bad unet
-    #    options fail in seconds; reading and encoding the data draws no random numbers, so the order
-    #    changes no weights); the training split as latents on the accelerator.
+    # 1. Frozen autoencoder; the UNet the latents decide the shape of (built before the data, so bad unet options
+    #    fail in seconds; reading and encoding the data draws no random numbers, so the order changes no weights);
+    #    the data, read and checked before the run folder is touched (data the system cannot take is refused
+    #    with nothing written); then the folder's lock, the check that checkpoints already there are this run's,
+    #    and the training split as latents on the accelerator.
     autoencoder = load_autoencoder(cfg.autoencoder)
-    record = training.run_record(accelerator, cfg, RESUME_FIXED, autoencoder=autoencoder_fingerprint(autoencoder),
-                                 latent_shape=f"{autoencoder.config.latent_channels}x{autoencoder.latent_size}"
-                                              f"x{autoencoder.latent_size}")
-    training.check_output_dir(cfg, record)
-    if accelerator.is_main_process:
-        save_config(cfg, out / "training_config.yaml")  # hub_token is redacted
-    clock.lap("set-up")
     # Before the data when the class count is known without it (IDX data, or no classes): bad unet options fail in seconds.
     unet = build_unet(cfg, autoencoder) if is_idx(cfg) or cfg.conditioning != "class" else None
+    clock.lap("set-up")
     data = load_images("train", cfg, getattr(autoencoder.config, "image_size", 28), autoencoder.config.in_channels)
     class_names, num_classes = data.class_names, NUM_IDX_CLASSES
     if cfg.conditioning == "class":
@@ -121,6 +115,18 @@ def main(argv):
     if cfg.random_flip:  # the mirrored images too: latents are encoded once, so the flips are fixed copies
         images = np.concatenate([images, images[..., ::-1]])
         labels = None if labels is None else np.concatenate([labels, labels])
+    order = training.BatchOrder(len(images), cfg.train_batch_size, cfg.seed,
+                                accelerator.process_index, accelerator.num_processes, accelerator.device)
+    clock.lap("data and latents")
+
+    training.lock_output_dir(accelerator, out)  # one run per folder, held until this process ends
+    record = training.run_record(accelerator, cfg, RESUME_FIXED, autoencoder=autoencoder_fingerprint(autoencoder),
+                                 latent_shape=f"{autoencoder.config.latent_channels}x{autoencoder.latent_size}"
+                                              f"x{autoencoder.latent_size}")
+    training.check_output_dir(cfg, record)
+    if accelerator.is_main_process:
+        save_config(cfg, out / "training_config.yaml")  # hub_token is redacted
+    clock.lap("set-up")
     key = cfg.dataset if is_idx(cfg) and not cfg.random_flip else f"images-{data_digest(images)}"
     latents = cached_latents(accelerator, autoencoder, images, key, fingerprint=record["autoencoder"])
     labels = torch.as_tensor(labels, device=accelerator.device) if cfg.conditioning == "class" else None
@@ -143,8 +149,6 @@ def main(argv):
 
     # 3. Resume, then train to exactly max_train_steps.
     step = training.resume(accelerator, cfg, optimizer, lr_scheduler)
-    order = training.BatchOrder(len(latents), cfg.train_batch_size, cfg.seed,
-                                accelerator.process_index, accelerator.num_processes, latents.device)
     loss_log = training.LossLog(out / "loss.csv", step, accelerator.is_main_process)
     stop = training.StopRequest()
     meter = training.LossMeter(accelerator, cfg, step)

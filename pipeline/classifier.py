@@ -74,8 +74,10 @@ CANDIDATES = {"resnet": _resnet, "regnet-x": _regnet("x"), "regnet-y": _regnet("
 ARCHITECTURE = "resnet"  # the measured choice (docs/tuning.md, "The judge")
 MAX_SHIFT = 2  # pixels of random shift in training: +0.1% test accuracy on MNIST
 EPOCHS = 3  # two reach 99.25 to 99.35% depending on the thread count, three leave a margin above 99.3%
-MIN_STEPS = 1400  # small datasets get more epochs: as many updates as MNIST's three epochs (3 x 468)
+MIN_STEPS = 1400  # small datasets get more epochs: as many updates as MNIST's three epochs (3 x 468) ...
+MAX_EPOCHS = 60  # ... up to this many (the emoji take 54): a folder of a hundred images then trains in seconds
 BATCH_SIZE = 128
+MIN_BATCH = 16  # below 1,024 images the batch shrinks (to an eighth of the images), so an epoch is several updates
 
 
 def dataset_key(dataset: str) -> str:
@@ -87,10 +89,16 @@ def default_min_accuracy(dataset: str) -> float:
     return 0.89 if "fashion" in dataset.lower() else 0.99
 
 
+def batch_for(num_images: int) -> int:
+    """BATCH_SIZE, or an eighth of a small training split (at least MIN_BATCH, at most all of it)."""
+    return min(BATCH_SIZE, max(MIN_BATCH, num_images // 8), num_images)
+
+
 def epochs_for(num_images: int) -> float:
-    """EPOCHS, or more for a small training split, so that the judge always gets MIN_STEPS updates."""
-    steps_per_epoch = max(1, num_images // BATCH_SIZE)
-    return max(EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch))
+    """EPOCHS, or more for a small training split so that the judge gets MIN_STEPS updates, but at most MAX_EPOCHS:
+    the time spent scales with the data instead of being 1,400 updates whatever its size."""
+    steps_per_epoch = max(1, num_images // batch_for(num_images))
+    return max(EPOCHS, min(MAX_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch)))
 
 
 @dataclass
@@ -242,19 +250,22 @@ def random_shift(x: torch.Tensor, generator: torch.Generator, max_shift: int) ->
 
 
 @torch.enable_grad()  # callers may be inside no_grad (e.g. scoring at the end of training)
-def train_classifier(images, labels, num_classes=10, device="cpu", epochs=EPOCHS, batch_size=BATCH_SIZE, max_lr=5e-3,
-                     seed=TRAIN_SEED, architecture=ARCHITECTURE, max_shift=MAX_SHIFT) -> PreTrainedModel:
+def train_classifier(images, labels, num_classes=10, device="cpu", epochs=EPOCHS, batch_size=None, max_lr=5e-3,
+                     seed=TRAIN_SEED, architecture=ARCHITECTURE, max_shift=MAX_SHIFT, desc=None) -> PreTrainedModel:
     """AdamW with a one-cycle schedule from scratch, random shifts of up to `max_shift` px; `epochs` may be
-    fractional."""
+    fractional; `batch_size` None: `batch_for` the data. With `desc`, a progress line says how far it is."""
+    from pipeline.progress import progress
+
     torch.manual_seed(seed)  # weight init
     x = to_pixel_values(images, device)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)
     model = build_classifier(x.shape[1], num_classes, x.shape[-1], architecture).to(device).train()
-    batch_size = min(batch_size, len(x))  # a dataset smaller than one batch: one batch of all of it
+    batch_size = min(batch_size or batch_for(len(x)), len(x))  # a dataset smaller than one batch: one batch of all of it
     total = max(1, int(epochs * (len(x) // batch_size)))
     opt = torch.optim.AdamW(model.parameters(), lr=max_lr / 25, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total)
     order = torch.Generator().manual_seed(seed)  # batch order, independent of the device
+    bar = progress(total, desc=desc or "judge", disable=desc is None)
     step = 0
     while step < total:
         perm = torch.randperm(len(x), generator=order).to(device)
@@ -268,6 +279,8 @@ def train_classifier(images, labels, num_classes=10, device="cpu", epochs=EPOCHS
             opt.step()
             sched.step()
             step += 1
+            bar.update(1)
+    bar.close()
     return model.eval()
 
 
@@ -309,8 +322,10 @@ def get_classifier(dataset="ylecun/mnist", data_dir=None, device="cpu", min_accu
         min_accuracy = accuracy_bar(classes) if balanced else data.min_accuracy
     epochs = epochs_for(len(train_x))
     start = time.time()
-    print(f"training the {data.name} judge ({ARCHITECTURE}, {epochs} epochs of {len(train_x)} images)", flush=True)
-    model = train_classifier(train_x, train_y, num_classes=classes, device=device, epochs=epochs)
+    print(f"training the {data.name} judge ({ARCHITECTURE}, {epochs} epochs of {len(train_x)} images, batch "
+          f"{batch_for(len(train_x))})", flush=True)
+    model = train_classifier(train_x, train_y, num_classes=classes, device=device, epochs=epochs,
+                             desc=f"{data.name} judge")
     acc, bal = accuracies(model, test_x, test_y)
     seconds = time.time() - start
     print(f"trained the {data.name} judge ({ARCHITECTURE}) in {seconds:.0f}s: test accuracy {acc:.2%}, "
@@ -326,7 +341,8 @@ def get_classifier(dataset="ylecun/mnist", data_dir=None, device="cpu", min_accu
     shutil.rmtree(tmp, ignore_errors=True)
     transformers.utils.logging.disable_progress_bar()  # "Writing model shards"
     model.save_pretrained(tmp)
-    record = {"dataset": data.name, "architecture": ARCHITECTURE, "epochs": epochs, "max_shift": MAX_SHIFT,
+    record = {"dataset": data.name, "architecture": ARCHITECTURE, "epochs": epochs, "batch_size": batch_for(len(train_x)),
+              "max_shift": MAX_SHIFT,
               "test_accuracy": acc, "balanced_test_accuracy": bal, "min_accuracy": min_accuracy,
               "bar_on": "balanced_test_accuracy" if balanced else "test_accuracy", "train_seconds": round(seconds, 1),
               "seed": TRAIN_SEED, "num_train": len(train_x), "num_test": len(test_x)}

@@ -46,6 +46,7 @@ import torch
 import yaml
 
 from pipeline.errors import UserError, first_line, run_cli
+from pipeline.image_data import describe_source
 from pipeline.schedulers import DEFAULT_SAMPLER, DEFAULT_STEPS
 
 MIN_SAMPLES = 10  # precision/recall need k+1 neighbours; below this the numbers mean nothing
@@ -168,7 +169,9 @@ def pick_dataset(path: Path, asked: str | None) -> str:
     if asked is None:
         if found is None:
             return "ylecun/mnist"
-        print(f"dataset {found[0]}, from {found[1]} (--dataset overrides)")
+        saved = data_spec(path, found[0])  # a run on an image folder or IDX files names them, not the default id
+        named = describe_source(saved) if saved.train_data_dir or saved.data_dir else found[0]
+        print(f"dataset {named}, from {found[1]} (--dataset overrides)")
         return found[0]
     if found is not None and found[0] != asked:
         print(f"warning: --dataset {asked}, but {found[1]} says the model was trained on {found[0]}; "

@@ -25,6 +25,7 @@ from typing import NamedTuple
 from huggingface_hub import HfApi, ModelCardData
 from huggingface_hub.utils import filter_repo_objects, validate_repo_id
 
+from .paths import follow_umask
 from .schedulers import DEFAULT_SAMPLER, DEFAULT_SAMPLER_MEASURED, DEFAULT_STEPS, make_scheduler
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ def staged(output_dir, name):
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         yield tmp
+        follow_umask(tmp)
         for rel in _list_files(tmp):
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp / rel, out / rel)
@@ -120,9 +122,11 @@ def write_model_card(pipe, output_dir, metrics: dict | None = None, sample_grid_
 
 def _model_card(pipe, metrics, has_grid, dataset, license, repo_id) -> str:
     digits = dataset is not None and "mnist" in dataset.lower()  # MNIST and Fashion-MNIST: the card as it always was
+    conditional = pipe.unet.config.num_class_embeds is not None
+    task = "class-conditional-image-generation" if conditional else "unconditional-image-generation"
     front = ModelCardData(
         library_name="diffusers", license=license, datasets=[dataset] if dataset else None,
-        tags=["unconditional-image-generation", "diffusers", "latent-diffusion"] + (["mnist"] if digits else []),
+        tags=[task, "diffusers", "latent-diffusion"] + (["mnist"] if digits else []),
     ).to_yaml()
     size, channels = getattr(pipe.autoencoder.config, "image_size", 28), pipe.autoencoder.config.in_channels
     what = f"{size}x{size} {'grayscale' if channels == 1 else 'RGB'} {'digits' if digits else 'images'}"
@@ -132,7 +136,6 @@ def _model_card(pipe, metrics, has_grid, dataset, license, repo_id) -> str:
     n_unet = sum(p.numel() for p in pipe.unet.parameters()) / 1e6
     n_ae = sum(p.numel() for p in pipe.autoencoder.parameters()) / 1e6
     repo = repo_id or "path/to/this/folder"
-    conditional = unet.num_class_embeds is not None
     sampler, steps = sampler_name(pipe.scheduler), pipe.config.get("default_num_inference_steps", 50)
     measured_default = sampler == sampler_name(make_scheduler(DEFAULT_SAMPLER, sched)) and steps == DEFAULT_STEPS
     lines = [
@@ -151,11 +154,16 @@ def _model_card(pipe, metrics, has_grid, dataset, license, repo_id) -> str:
         "```python", "import torch", "from diffusers import DiffusionPipeline", "",
         f'pipe = DiffusionPipeline.from_pretrained("{repo}", trust_remote_code=True)',
         f"images = pipe(batch_size=16, generator=torch.Generator().manual_seed(0)).images  # {sampler}, {steps} steps",
-        'images[0].save("digit.png")',
+        f'images[0].save("{"digit" if digits else "image"}.png")',
     ]
     if conditional:
-        lines += ["", "# class-conditional, with classifier-free guidance",
-                  f"images = pipe(class_labels={list(range(unet.num_class_embeds - 1))}, guidance_scale=2.0).images"]
+        names = pipe.class_names
+        labels = list(range(unet.num_class_embeds - 1)) if not names else names if len(names) <= 4 else names[:4]
+        lines += ["", "# class-conditional, with classifier-free guidance: one image per label"
+                  + (" (by index or by name)" if names else ""),
+                  f"images = pipe(class_labels={labels!r}, guidance_scale=2.0).images"]
+        if names:
+            lines += [f"# the {len(names)} classes: {', '.join(names)}"]
     lines += [
         "```", "",
         f"`pipe()` samples with the saved scheduler ({sampler}) in {steps} steps unless told otherwise. "

@@ -6,12 +6,17 @@
   --dataset emoji-datasource-google   3,781 Noto emoji (64x64 RGBA) in nine categories, fetched from npm;
   --dataset ID            any Hub dataset (or a local folder of Parquet files, read the same way);
                           MNIST and Fashion-MNIST ids keep their IDX path with its offline fallbacks.
-Images: the first `datasets.Image` column (or --image_column); labels: the first `ClassLabel` (or
---label_column), optional. Grayscale images come back as (N, H, W), colour ones as (N, 3, H, W).
+Images: the first `datasets.Image` column (or --image_column); 16-bit and 32-bit grayscale are scaled to 8 bits
+(`eight_bit`), never clipped. Labels, optional: in an image folder, the top-level subfolder each image lies in,
+at any depth, when there are two or more (`scan_folder`, which also says what it found in one line); in other
+data, the first `ClassLabel` (or --label_column, whose strings become classes in sorted order); --label_column
+none reads any data without labels. Grayscale images come back as (N, H, W), colour ones as (N, 3, H, W).
 The test split is the dataset's own if it has one, else a fixed seeded hold-out of the training rows.
+The least the system takes (`MIN_IMAGES`, `MIN_SIDE`) is checked here, before any training starts.
 """
 
 import collections
+import functools
 import hashlib
 import io
 import json
@@ -40,6 +45,9 @@ EMOJI_PACKAGE = "emoji-datasource-google@16.0.0"
 EMOJI_SHA256 = "fb5fd131b362aab7a55542d2a147a79708cce0a8b1c1bbacd470172708b5c438"  # of the npm tarball
 HOLDOUT_FRACTION, HOLDOUT_SEED = 0.1, 0
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+MIN_IMAGES = 10  # the fewest images a dataset without a test split may have: a tenth is held out to test on
+MIN_SIDE = 8  # the smallest image side the models take: 8x8 gives 2x2 latents, and SSIM needs a 7x7 window
+NO_LABELS = "none"  # --label_column none: read the data without labels
 
 
 @dataclass
@@ -67,18 +75,25 @@ def load_images(split, spec, resolution=None, channels=None) -> ImageData:
         images, labels = load_digits(split, spec.dataset, spec.data_dir)
         data = ImageData(images, labels, None, "the dataset's own test split (t10k)")
         return _shaped(data, resolution, channels or 1, spec)
-    ds, test_split = _split(_load(spec), split, spec)
-    image_col, label_col = _columns(ds, spec)
-    labels = class_names = None
-    if label_col is not None:
-        labels = np.asarray(ds[label_col], dtype=np.int64)
-        feature = ds.features[label_col]
-        class_names = list(feature.names) if hasattr(feature, "names") else None
-    pictures = _decode(ds, image_col, _where(spec))
+    folder = _source_folder(spec)
+    dsd = _load(spec, folder)
+    ds, test_split = _split(dsd, split, spec)
+    image_col, label_col = _columns(ds, spec, folder is not None)
+    items = _raw_images(ds, image_col, spec)
+    if folder is not None and label_col is None and not _no_labels(spec):
+        scan = scan_folder(folder, _where(spec))
+        labels, class_names = scan.labels_of(item.get("path") for item in items), scan.class_names
+    else:
+        labels, class_names = _column_labels(dsd, ds, label_col, spec)
+    pictures = _decode(items, _where(spec))
     if channels is None:
         channels = 1 if all(im.mode in GRAY_MODES for im in pictures) else 3
     if resolution is None:
         resolution = max(collections.Counter(im.size for im in pictures).most_common(1)[0][0])
+        if resolution < MIN_SIDE:
+            raise UserError(f"the images of {_where(spec)} are {resolution}x{resolution} pixels, smaller than the "
+                            f"{MIN_SIDE}x{MIN_SIDE} the models take; use larger images, or pass --resolution "
+                            f"{MIN_SIDE} (or 16, 32) to enlarge them")
     arrays = [_to_array(im, channels, spec.background, resolution) for im in pictures]
     images = np.stack(arrays)
     return ImageData(images[:, 0] if channels == 1 else images, labels, class_names, test_split)
@@ -114,15 +129,20 @@ def _to_array(im, channels, background, size) -> np.ndarray:
     return x.numpy()
 
 
-def _load(spec):
+def _source_folder(spec) -> Path | None:
+    """The image folder the data comes from (--train_data_dir, or the emoji's cache), or None for other data."""
+    if spec.train_data_dir is not None:
+        return _image_folder(spec.train_data_dir)
+    return fetch_emoji() if spec.dataset == EMOJI else None
+
+
+def _load(spec, folder):
     import datasets
 
     datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()
-    if spec.train_data_dir is not None:
-        return datasets.load_dataset("imagefolder", data_dir=str(_image_folder(spec.train_data_dir)))
-    if spec.dataset == EMOJI:
-        return datasets.load_dataset("imagefolder", data_dir=str(fetch_emoji()))
+    if folder is not None:  # labels by our own rule (scan_folder), not imagefolder's guess from the parent folder
+        return datasets.load_dataset("imagefolder", data_dir=str(folder), drop_labels=True)
     try:
         return datasets.load_dataset(spec.dataset)
     except Exception as e:
@@ -134,11 +154,75 @@ def _image_folder(folder) -> Path:
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise UserError(f"--train_data_dir {folder} is not a folder; pass a folder of images (one subfolder per class)")
-    extensions = {ext for ext, fmt in PIL.Image.registered_extensions().items() if fmt in PIL.Image.OPEN}
-    if not any(p.suffix.lower() in extensions for p in folder.rglob("*") if p.is_file()):
+    if not scan_folder(folder.resolve(), f"--train_data_dir {folder}", quiet=True).images:
         raise UserError(f"--train_data_dir {folder} holds no images (.png, .jpg, ...); put the images there, "
                         "in one subfolder per class for labels")
-    return folder
+    return folder.resolve()
+
+
+def _image_extensions() -> set:
+    return {ext for ext, fmt in PIL.Image.registered_extensions().items() if fmt in PIL.Image.OPEN}
+
+
+@dataclass
+class FolderScan:
+    """What an image folder holds: its images (paths relative to it), the files skipped as not images, and its
+    classes. The rule: an image's label is the top-level subfolder it lies in, at any depth below it; a folder
+    has labels when every image lies in such a subfolder and there are two or more of them."""
+    root: Path
+    images: list
+    skipped: list
+    class_names: list | None
+    why_unlabelled: str | None
+
+    def labels_of(self, paths) -> np.ndarray | None:
+        if self.class_names is None:
+            return None
+        index = {name: i for i, name in enumerate(self.class_names)}
+        return np.asarray([index[Path(os.path.relpath(os.path.abspath(p), self.root)).parts[0]] for p in paths],
+                          dtype=np.int64)
+
+    def line(self, where) -> str:
+        found = f"{where}: {len(self.images)} images"
+        if self.class_names is not None:
+            shown = ", ".join(self.class_names[:8]) + (", ..." if len(self.class_names) > 8 else "")
+            found += (f" in {len(self.class_names)} classes ({shown}: each image's class is the top-level "
+                      "subfolder it lies in, at any depth)")
+        else:
+            found += f", unlabelled ({self.why_unlabelled})"
+        if self.skipped:
+            shown = ", ".join(self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
+            found += f"; skipped {len(self.skipped)} file(s) that are not images ({shown})"
+        return found
+
+
+@functools.lru_cache(maxsize=16)
+def scan_folder(root: Path, where: str, quiet=False) -> FolderScan:
+    """Walk `root` (hidden files and folders left out, symlinks not followed) and apply the label rule; says what it
+    found in one line, once per process and folder."""
+    extensions, images, skipped = _image_extensions(), [], []
+    for top, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith(".") or name in ("metadata.csv", "metadata.jsonl"):
+                continue
+            rel = Path(top, name).relative_to(root)
+            (images if rel.suffix.lower() in extensions else skipped).append(str(rel))
+    tops = sorted({Path(p).parts[0] for p in images if len(Path(p).parts) > 1})
+    loose = [p for p in images if len(Path(p).parts) == 1]
+    class_names, why = None, None
+    if loose and tops:
+        why = f"{len(loose)} images lie directly in the folder, beside the subfolders: put every image in a class subfolder for labels"
+    elif loose:
+        why = "no class subfolders: put the images in one subfolder per class for labels"
+    elif len(tops) == 1:
+        why = f"one class subfolder ({tops[0]}): labels need two or more"
+    else:
+        class_names = tops
+    scan = FolderScan(root, images, skipped, class_names, why)
+    if images and not quiet:
+        print(scan.line(where), flush=True)
+    return scan
 
 
 def _split(dsd, split, spec):
@@ -148,17 +232,25 @@ def _split(dsd, split, spec):
     train_name = "train" if "train" in dsd else next(n for n in names if n != own_test)
     if own_test is not None:
         return dsd[train_name if split == "train" else own_test], f"the dataset's own {own_test} split"
+    if len(dsd[train_name]) < MIN_IMAGES:
+        raise UserError(f"{_where(spec)} holds {len(dsd[train_name])} image(s), fewer than the {MIN_IMAGES} the system "
+                        f"needs (a tenth is held out to test on); add images, at least {MIN_IMAGES}")
     parts = dsd[train_name].train_test_split(test_size=HOLDOUT_FRACTION, seed=HOLDOUT_SEED)
     return parts["train" if split == "train" else "test"], (
         f"a fixed hold-out: {HOLDOUT_FRACTION:.0%} of the {train_name} rows, seed {HOLDOUT_SEED} "
         f"(the dataset has no test split)")
 
 
-def _columns(ds, spec):
+def _no_labels(spec) -> bool:
+    return (spec.label_column or "").lower() == NO_LABELS
+
+
+def _columns(ds, spec, folder=False):
+    """(image column, label column or None). An image folder's labels come from its subfolders, not a column."""
     import datasets
 
     cols = list(ds.features)
-    image_col, label_col = spec.image_column, spec.label_column
+    image_col, label_col = spec.image_column, None if _no_labels(spec) else spec.label_column
     for flag, col in (("--image_column", image_col), ("--label_column", label_col)):
         if col is not None and col not in cols:
             raise UserError(f"{flag} {col}: no such column in {_where(spec)}; its columns: {', '.join(cols)}")
@@ -167,25 +259,84 @@ def _columns(ds, spec):
         if image_col is None:
             raise UserError(f"{_where(spec)} has no image column; its columns: {', '.join(cols)}; "
                             "pass --image_column")
-    if label_col is None:
+    if label_col is None and not folder and not _no_labels(spec):
         label_col = next((c for c in cols if isinstance(ds.features[c], datasets.ClassLabel)), None)
     return image_col, label_col
 
 
-def _decode(ds, col, where):
-    """Every image of column `col` as a loaded PIL image; a file that does not decode is a UserError naming it."""
+def _column_labels(dsd, ds, col, spec):
+    """(int64 labels, class names or None) of column `col`, or (None, None) without one. Strings become classes
+    (sorted names over every split, so the splits agree); a missing label is a UserError with the count."""
     import datasets
 
+    if col is None:
+        return None, None
+    feature, values = ds.features[col], ds[col]
+    named = isinstance(feature, datasets.ClassLabel)
+    every = [v for part in dsd.values() for v in part[col]]  # counted over the whole dataset, not one split
+    missing = sum(v is None or (named and v == -1) for v in every)
+    if missing:
+        raise UserError(f"{missing} of {len(every)} rows of {_where(spec)} have no label in column {col}; drop those "
+                        f"rows, or train without labels with --label_column {NO_LABELS}")
+    if named:
+        return np.asarray(values, dtype=np.int64), list(feature.names)
+    if all(isinstance(v, str) for v in values):
+        names = sorted(set(every))
+        index = {name: i for i, name in enumerate(names)}
+        return np.asarray([index[v] for v in values], dtype=np.int64), names
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in values):
+        return np.asarray(values, dtype=np.int64), None
+    raise UserError(f"--label_column {col} of {_where(spec)} holds {feature}, not class labels; pass a column of class "
+                    f"names or of class indices (0, 1, ...), or --label_column {NO_LABELS}")
+
+
+def _raw_images(ds, col, spec) -> list:
+    """Column `col` undecoded: one dict (bytes and/or path) per row; a column that holds no images is a UserError."""
+    import datasets
+
+    try:
+        return ds.cast_column(col, datasets.Image(decode=False))[col]
+    except Exception as e:  # an int or float column cannot be cast to an image
+        images = [c for c in ds.features if isinstance(ds.features[c], datasets.Image)]
+        raise UserError(f"--image_column {col} of {_where(spec)} holds {ds.features[col]}, not images "
+                        f"({type(e).__name__}); pass a column of images"
+                        + (f" ({', '.join(images)})" if images else "")) from e
+
+
+def _decode(items, where):
+    """Every undecoded image as a loaded 8-bit PIL image; a file that does not decode is a UserError naming it."""
     out = []
-    for i, item in enumerate(ds.cast_column(col, datasets.Image(decode=False))[col]):
+    for i, item in enumerate(items):
         name = item.get("path") or f"row {i}"
         try:
             im = PIL.Image.open(io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"])
             im.load()
         except Exception as e:
             raise UserError(f"{name} ({where}): cannot read the image ({first_line(e)}); remove or replace the file")
-        out.append(im)
+        out.append(eight_bit(im, f"{name} ({where})"))
     return out
+
+
+def eight_bit(im, name) -> PIL.Image.Image:
+    """A grayscale image of more than 8 bits as mode L, scaled, not clipped: 16-bit (I;16*) by 255/65535; 32-bit
+    integer (I) by the same when its values fit 16 bits, unchanged when they fit 8; float (F) in [0, 1] by 255.
+    Values outside those ranges cannot be read faithfully: a UserError naming the file and its mode. Colour of
+    16 bits per channel arrives as 8-bit RGB from Pillow already (scaled)."""
+    if not (im.mode.startswith("I") or im.mode == "F"):
+        return im
+    a = np.asarray(im, dtype=np.float64)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if im.mode.startswith("I;16") and lo >= 0:
+        scale = 255 / 65535
+    elif im.mode == "I" and lo >= 0 and hi <= 65535:
+        scale = 1.0 if hi <= 255 else 255 / 65535
+    elif im.mode == "F" and lo >= 0 and hi <= 1:
+        scale = 255.0
+    else:
+        raise UserError(f"{name}: mode {im.mode} with values from {lo:g} to {hi:g} cannot be read as an image "
+                        "faithfully (16-bit, 32-bit integer up to 65535, or float in [0, 1] can); save it as 8- or "
+                        "16-bit PNG")
+    return PIL.Image.fromarray(np.round(a * scale).clip(0, 255).astype(np.uint8), "L")
 
 
 def data_digest(images) -> str:
@@ -199,8 +350,11 @@ def data_digest(images) -> str:
 def fetch_emoji() -> Path:
     """The emoji as an image folder (one subfolder per category), fetched once with `npm pack` and checked."""
     folder = cache_dir("data", "emoji-datasource-google-16.0.0")
-    if (folder / ".complete").is_file():
+    problem = cache_problem(folder)
+    if problem is None:
         return folder
+    if (folder / MANIFEST).exists():
+        print(f"note: the cached emoji in {folder} are damaged ({problem}); fetching them again", flush=True)
     npm = shutil.which("npm")
     if npm is None:
         raise UserError(f"--dataset {EMOJI} is fetched with npm, which is not on PATH; install npm (apt-get install npm)")
@@ -231,11 +385,45 @@ def fetch_emoji() -> Path:
                         continue
                     if src is not None:
                         (category / image).write_bytes(src.read())
+        manifest = json.dumps(dict(package=EMOJI_PACKAGE, sha256=EMOJI_SHA256, **folder_manifest(staging)), indent=1)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(staging, folder)
-    (folder / ".complete").write_text(f"{EMOJI_PACKAGE} sha256 {EMOJI_SHA256}\n")
+    (folder / MANIFEST).write_text(manifest + "\n")  # written last: its presence says the folder is complete
     log.info("cached %s as an image folder in %s", EMOJI_PACKAGE, folder)
     return folder
+
+
+MANIFEST = ".complete"  # in a cached image folder: the image count per subfolder and a digest of every file
+
+
+def folder_manifest(folder) -> dict:
+    """{"counts": {subfolder: images}, "digest": sha256 over every file's relative path and bytes}."""
+    h, counts = hashlib.sha256(), collections.Counter()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.name != MANIFEST):
+        rel = path.relative_to(folder).as_posix()
+        counts[rel.split("/")[0]] += 1
+        h.update(rel.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return dict(counts=dict(sorted(counts.items())), digest=h.hexdigest())
+
+
+def cache_problem(folder) -> str | None:
+    """None if the cached folder matches the manifest written when it was made, else what is wrong, in words."""
+    try:
+        saved = json.loads((Path(folder) / MANIFEST).read_text())
+        expected, digest = saved["counts"], saved["digest"]
+    except FileNotFoundError:
+        return "not fetched yet"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no manifest of its files, or a damaged one"
+    found = folder_manifest(folder)
+    if found["counts"] != expected:
+        gone = [f"{k}: {found['counts'].get(k, 0)} of {n} images" for k, n in expected.items()
+                if found["counts"].get(k, 0) != n]
+        extra = [k for k in found["counts"] if k not in expected]
+        return "; ".join(gone + [f"{k}: not in the manifest" for k in extra])
+    if found["digest"] != digest:
+        return "files changed since they were fetched"
+    return None
 
 
 def describe_source(spec) -> str:

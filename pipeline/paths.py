@@ -13,3 +13,13 @@ def cache_dir(*parts: str) -> Path:
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def follow_umask(folder):
+    """Give every file under `folder` the mode a plain open() would (0666 less the umask). Some writers (safetensors)
+    create 0600 files, which a group or a container user cannot read beside the 0644 configs."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for top, _, files in os.walk(folder):
+        for name in files:
+            os.chmod(os.path.join(top, name), 0o666 & ~mask)

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .config import to_dict
 from .errors import UserError, first_line
+from .paths import follow_umask
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "training_state.json"  # written last into a checkpoint; marks it complete
@@ -366,8 +367,9 @@ def save_checkpoint(accelerator, output_dir, step, total_limit, extra_state=None
                 os.fsync(f.fileno())
     except Exception as e:  # a full disk, a quota, a file-size limit: torch, safetensors and Python word it differently
         failure = e
-    _raise_if_any_failed(accelerator, failure, tmp, final, output_dir)
+    _raise_if_any_failed(accelerator, failure, tmp, final, output_dir)  # also: every process has written its part
     if accelerator.is_main_process:
+        follow_umask(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

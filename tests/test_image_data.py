@@ -198,6 +198,10 @@ def test_colour_folder_end_to_end_loads_with_plain_diffusers(tmp_path):
     assert json.loads((run / "model_index.json").read_text())["class_names"] == ["circles", "squares"]
     assert "not_scored" in json.loads((run / "evaluation" / "metrics.json").read_text())
     assert PIL.Image.open(run / "samples.png").mode == "RGB"
+    scored = subprocess.run([sys.executable, "-m", "pipeline.evaluate", "--pipeline", str(run), "--num_samples", "10",
+                             "--output_dir", str(tmp_path / "scores")], cwd=REPO, capture_output=True, text=True)
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    assert f"dataset --train_data_dir {folder}, from" in scored.stdout and "mnist" not in scored.stdout
     code = textwrap.dedent(f"""
         import torch
         from diffusers import DiffusionPipeline
@@ -267,10 +271,11 @@ def test_labelled_colour_dataset_gets_its_own_judge_fid_and_class_accuracy(tmp_p
     assert len(judges) == 1, list(cache_dir("judge", ARCHITECTURE).iterdir())
     record = json.loads((judges[0] / "accuracy.json").read_text())
     assert record["num_train"] == 390 and record["num_test"] == 120 and "data_digest" in record
-    # the bar: a balanced accuracy halfway from chance (one in three) to 100%; 1,400 updates at least
+    # the bar: a balanced accuracy halfway from chance (one in three) to 100%, reached with a training that scales
+    # with the data: batches of an eighth of the 390 images, 1,400 updates or 60 epochs, whichever comes first
     assert abs(record["min_accuracy"] - 2 / 3) < 1e-9 and record["bar_on"] == "balanced_test_accuracy"
     assert record["balanced_test_accuracy"] >= record["min_accuracy"]
-    assert record["epochs"] * (390 // 128) >= 1400
+    assert record["batch_size"] == 48 and record["epochs"] == 60
 
     metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
     assert "not_scored" not in metrics and metrics["fid"] > metrics["fid_floor"] > 0
@@ -281,7 +286,8 @@ def test_labelled_colour_dataset_gets_its_own_judge_fid_and_class_accuracy(tmp_p
     assert 0 <= guided["scales"][0]["class_accuracy"] <= 1
     card = (run / "README.md").read_text()
     assert "| class_accuracy |" in card and "| eval_guidance_scale | 1.5 |" in card
-    assert "class_labels=[0, 1, 2]" in card and "(N, 16, 16, 3)" in card
+    assert "class_labels=['red', 'green', 'blue']" in card and "(N, 16, 16, 3)" in card
+    assert "- class-conditional-image-generation" in card and "unconditional-image-generation" not in card and 'save("image.png")' in card
 
     recon = evaluate(["--pipeline", str(ae), "--num_samples", "120"])  # the autoencoder, scored by the same judge
     assert recon["num_images"] == 120 and recon["classifier_accuracy"] == record["test_accuracy"]
