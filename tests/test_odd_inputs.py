@@ -164,6 +164,27 @@ def test_string_labels_become_sorted_classes_usable_by_name(tmp_path):
     assert load_images("train", spec(dataset=str(root), label_column="none")).labels is None
 
 
+@pytest.mark.slow
+def test_string_labels_train_a_class_conditional_pipeline_that_takes_the_names(tmp_path):
+    from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
+
+    root = parquet(tmp_path / "colours", ["red", "blue", "green"] * 10)
+    ae, run = tmp_path / "ae", tmp_path / "pipe"
+    res = run_script("train_autoencoder.py", ["--dataset", str(root), "--label_column", "label", "--output_dir", str(ae),
+                                              "--max_train_steps", "4", "--tsne_num_points", "10", *TINY])
+    assert json.loads((ae / "data.json").read_text())["class_names"] == ["blue", "green", "red"], res.stdout
+    run_script("train_latent_ddpm.py", [
+        "--config", str(REPO / "configs/latent_ddpm_class_quick.yaml"), "--dataset", str(root), "--label_column",
+        "label", "--autoencoder", str(ae), "--output_dir", str(run), "--max_train_steps", "3", "--train_batch_size", "4",
+        "--checkpointing_steps", "100", "--num_inference_steps", "2", "--eval_num_samples", "0", "--skip_figures",
+        "true", "--num_threads", "1"])
+    pipe = LatentDDPMPipeline.from_pretrained(run)
+    assert pipe.class_names == ["blue", "green", "red"] and pipe.unet.config.num_class_embeds == 4
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(class_labels=["red", "blue"], num_inference_steps=2, output_type="np").images
+    assert images.shape == (2, 16, 16, 3)
+
+
 class WithFeature(list):
     feature = None
 
