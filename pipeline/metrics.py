@@ -274,7 +274,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m pipeline.metrics",
                                 description="What N real training images score against the test split, per N.")
     p.add_argument("--sizes", default="1000,2000,5000,10000", help="comma-separated sample sizes (10 to 10000)")
-    p.add_argument("--dataset", default="ylecun/mnist", help="picks the judge, as in pipeline.evaluate")
+    p.add_argument("--dataset", default=None,
+                   help="picks the judge, as in pipeline.evaluate (default: the --pipeline folder's own, else ylecun/mnist)")
     p.add_argument("--data_dir", default=None, help="folder with the four IDX files, if the Hub is unreachable")
     p.add_argument("--pipeline", default=None,
                    help="a run folder: its data (training_config.yaml), at its pipeline's size and channels")
@@ -290,7 +291,7 @@ def main(argv=None):
         from pipeline.evaluate import run_judge_data
         data = run_judge_data(args.pipeline, args.dataset, args.data_dir)
     else:
-        data = judge_data(args.dataset, args.data_dir)
+        data = judge_data(args.dataset or "ylecun/mnist", args.data_dir)
     classifier = get_classifier(data)
     reference = get_reference(data, classifier=classifier)
     print(f"real-data floor of {data.name} (judge test accuracy {classifier_accuracy(data):.2%}): "

@@ -272,3 +272,20 @@ def test_a_damaged_emoji_cache_is_fetched_again_with_a_note(capsys):
     victim = next((folder / "Objects").iterdir())
     victim.write_bytes(victim.read_bytes()[:-1])  # one file changed, the counts the same
     assert cache_problem(folder) == "files changed since they were fetched"
+
+
+@pytest.mark.slow
+def test_the_floor_table_of_a_run_folder_uses_that_runs_data(tmp_path, capsys):
+    """python -m pipeline.metrics --pipeline RUN without --dataset: the folder's own data and judge, not MNIST's."""
+    from test_image_data import separable_colours
+
+    from pipeline.metrics import main
+
+    root = separable_colours(tmp_path / "squares")
+    ae = tmp_path / "ae"
+    run_script("train_autoencoder.py", ["--dataset", str(root), "--output_dir", str(ae), "--max_train_steps", "4",
+                                        "--skip_figures", "true", *TINY])
+    capsys.readouterr()
+    main(["--pipeline", str(ae), "--sizes", "20"])
+    out = capsys.readouterr().out
+    assert f"real-data floor of --dataset {root}" in out and "mnist" not in out and "warning" not in out
