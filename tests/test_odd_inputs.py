@@ -125,6 +125,23 @@ def test_nested_class_folders_keep_their_labels_and_the_rule_is_said(tmp_path, c
                      "at any depth); skipped 1 file(s) that are not images (cats/drawing.svg)") == 1  # said once
 
 
+def test_the_training_script_says_what_it_found_and_keeps_nested_labels_of_16_bit_images(tmp_path):
+    ramp = np.tile(np.linspace(0, 65535, 16).round().astype(np.uint16), (16, 1))
+    for i in range(12):
+        sub = tmp_path / "pics" / ("light" if i % 2 else "dark") / "scans" / f"batch{i % 3}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"{i}.png").write_bytes(png16(gray=ramp if i % 2 else ramp // 4))
+    (tmp_path / "pics" / "light" / "README.svg").write_text("<svg/>")
+    out = tmp_path / "ae"
+    res = run_script("train_autoencoder.py", ["--train_data_dir", str(tmp_path / "pics"), "--output_dir", str(out),
+                                              "--max_train_steps", "2", "--skip_figures", "true", *TINY])
+    assert (f"--train_data_dir {tmp_path / 'pics'}: 12 images in 2 classes (dark, light: each image's class is the "
+            "top-level subfolder it lies in, at any depth); skipped 1 file(s) that are not images "
+            "(light/README.svg)") in res.stdout
+    record = json.loads((out / "data.json").read_text())
+    assert record["labelled"] and record["class_names"] == ["dark", "light"] and record["channels"] == 1
+
+
 def test_one_class_folder_and_loose_images_are_unlabelled_with_the_reason(tmp_path, capsys):
     (tmp_path / "one" / "only").mkdir(parents=True)
     (tmp_path / "mixed" / "a").mkdir(parents=True)
