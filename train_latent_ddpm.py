@@ -13,7 +13,6 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
@@ -24,8 +23,8 @@ from safetensors.torch import load_file
 from pipeline import training, visualisation
 from pipeline.config import LatentDDPMTrainConfig, parse_config, save_config
 from pipeline.errors import UserError, first_line, run_cli
-from pipeline.image_data import data_digest, describe_source, is_idx, load_images
-from pipeline.latent_cache import autoencoder_fingerprint, cached_latents, load_autoencoder
+from pipeline.image_data import check_geometry, describe_source, hub_dataset, inherit_data_options, is_idx
+from pipeline.latent_cache import autoencoder_fingerprint, cached_latents, load_autoencoder, training_images
 from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
 from pipeline.progress import progress
 from pipeline.schedulers import make_scheduler, make_train_scheduler, with_scheduler
@@ -99,10 +98,13 @@ def main(argv):
     #    with nothing written); then the folder's lock, the check that checkpoints already there are this run's,
     #    and the training split as latents on the accelerator.
     autoencoder = load_autoencoder(cfg.autoencoder)
+    if Path(cfg.autoencoder).is_dir():  # a run folder (not a Hub id): its data, unless this command names other data
+        inherit_data_options(cfg, cfg.autoencoder, "autoencoder")
+    check_geometry(cfg, autoencoder, cfg.autoencoder, "autoencoder")
     # Before the data when the class count is known without it (IDX data, or no classes): bad unet options fail in seconds.
     unet = build_unet(cfg, autoencoder) if is_idx(cfg) or cfg.conditioning != "class" else None
     clock.lap("set-up")
-    data = load_images("train", cfg, getattr(autoencoder.config, "image_size", 28), autoencoder.config.in_channels)
+    images, labels, data, key = training_images(accelerator, cfg, autoencoder)
     class_names, num_classes = data.class_names, NUM_IDX_CLASSES
     if cfg.conditioning == "class":
         if data.labels is None:
@@ -111,10 +113,6 @@ def main(argv):
         if not is_idx(cfg):
             num_classes = len(class_names) if class_names else int(data.labels.max()) + 1
     unet = unet or build_unet(cfg, autoencoder, num_classes)
-    images, labels = training.first_samples(accelerator, cfg, data.images, data.labels)
-    if cfg.random_flip:  # the mirrored images too: latents are encoded once, so the flips are fixed copies
-        images = np.concatenate([images, images[..., ::-1]])
-        labels = None if labels is None else np.concatenate([labels, labels])
     order = training.BatchOrder(len(images), cfg.train_batch_size, cfg.seed,
                                 accelerator.process_index, accelerator.num_processes, accelerator.device)
     clock.lap("data and latents")
@@ -127,7 +125,6 @@ def main(argv):
     if accelerator.is_main_process:
         save_config(cfg, out / "training_config.yaml")  # hub_token is redacted
     clock.lap("set-up")
-    key = cfg.dataset if is_idx(cfg) and not cfg.random_flip else f"images-{data_digest(images)}"
     latents = cached_latents(accelerator, autoencoder, images, key, fingerprint=record["autoencoder"])
     labels = torch.as_tensor(labels, device=accelerator.device) if cfg.conditioning == "class" else None
     clock.lap("data and latents")
@@ -254,11 +251,6 @@ def final_pipeline(accelerator, cfg, unet, ema, autoencoder, noise_scheduler, cl
                               default_num_inference_steps=cfg.num_inference_steps, class_names=class_names)
 
 
-def card_dataset(cfg):
-    """The Hub dataset the model card names; None for a local image folder."""
-    return None if cfg.train_data_dir else cfg.dataset
-
-
 def class_accuracy_check(pipe, cfg, out) -> dict:
     """A class-conditional model at its eval_guidance_scale: every class equally often, does the judge see
     the class that was asked for? (guidance.json / guidance.png in `out`, as `pipeline.evaluate --guidance_scales`)"""
@@ -280,7 +272,7 @@ def finish(pipe, cfg, out, loss_log, clock, stop):
     from pipeline.figures import pipeline_figures
 
     # The trained model is saved before anything that could fail (pictures, evaluation).
-    training.save_or_explain(lambda: save_pipeline_folder(pipe, out, dataset=card_dataset(cfg)), out, "the pipeline")
+    training.save_or_explain(lambda: save_pipeline_folder(pipe, out, dataset=hub_dataset(cfg)), out, "the pipeline")
     print(f"pipeline saved to {out}")
     clock.lap("saving", saved=True)
     stop.model_saved(out)  # a stop signal from here on ends the run at once: the pipeline is safe
@@ -300,7 +292,7 @@ def finish(pipe, cfg, out, loss_log, clock, stop):
     # The model card again, now with the sample grid and the measured metrics.
     grid = out / "samples.png"
     write_model_card(pipe, out, metrics=metrics, sample_grid_path=str(grid) if grid.is_file() else None,
-                     dataset=card_dataset(cfg))
+                     dataset=hub_dataset(cfg))
     clock.lap("saving")
     clock.write(out / "timings.json")
     if cfg.push_to_hub:

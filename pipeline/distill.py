@@ -30,9 +30,9 @@ from safetensors.torch import load_file
 
 from . import training, visualisation
 from .config import DistillConfig, parse_config, save_config
-from .data import load_digits
 from .errors import UserError, first_line
-from .latent_cache import autoencoder_fingerprint, cached_latents
+from .image_data import check_geometry, describe_source, hub_dataset, inherit_data_options
+from .latent_cache import autoencoder_fingerprint, cached_latents, training_images
 from .pipeline_latent_ddpm import LatentDDPMPipeline
 from .progress import progress
 from .schedulers import noise_schedule
@@ -148,15 +148,19 @@ def lcm_scheduler(teacher_scheduler, cfg) -> LCMScheduler:
                                     timestep_scaling=cfg.timestep_scaling, clip_sample=False)
 
 
-def student_pipeline(unet, autoencoder, scheduler, default_steps=2, default_timesteps=None) -> LatentDDPMPipeline:
+def student_pipeline(unet, autoencoder, scheduler, default_steps=2, default_timesteps=None,
+                     class_names=None) -> LatentDDPMPipeline:
+    """`class_names`: the teacher's, so that the student takes the same class names."""
     pipe = LatentDDPMPipeline(unet=unet, autoencoder=autoencoder, scheduler=scheduler, consistency_distilled=True,
-                              default_num_inference_steps=default_steps, default_timesteps=default_timesteps)
+                              default_num_inference_steps=default_steps, default_timesteps=default_timesteps,
+                              class_names=class_names)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 def _grid_labels(unet, n):
-    return {"class_labels": [i % 10 for i in range(n)]} if unet.config.num_class_embeds else {}
+    k = unet.config.num_class_embeds
+    return {"class_labels": [i % (k - 1) for i in range(n)]} if k else {}  # every class in turn (the last: null)
 
 
 @torch.no_grad()
@@ -171,7 +175,8 @@ def log_grids(accelerator, cfg, student, autoencoder, scheduler, step):
     for n in cfg.eval_steps:
         images = pipe(batch_size=64, num_inference_steps=n, generator=torch.Generator(accelerator.device).manual_seed(0),
                       output_type="np", **_grid_labels(model, 64)).images
-        writer.add_image(f"samples_{n}_steps", visualisation.tile(images, nrow=8), step, dataformats="HW")
+        grid = visualisation.tile(images, nrow=8)
+        writer.add_image(f"samples_{n}_steps", grid, step, dataformats="HW" if grid.ndim == 2 else "HWC")
     model.train()
 
 
@@ -185,25 +190,34 @@ def main(argv):
     out = Path(cfg.output_dir)
     if out.resolve() == Path(cfg.teacher).resolve():
         raise UserError("--output_dir is the --teacher folder; the student needs a folder of its own")
-    training.lock_output_dir(accelerator, out)
     set_seed(cfg.seed)
 
-    # 1. The frozen teacher and its autoencoder; the check that checkpoints in the folder are this run's;
-    #    the latents (the teacher's cache: same autoencoder, same data).
+    # 1. The frozen teacher and its autoencoder; the teacher's own data (the data options its folder saved,
+    #    unless this command line names others), read and checked before the run folder is touched; the folder's
+    #    lock and the check that checkpoints in it are this run's; the latents (the teacher's cache: same
+    #    autoencoder, same data).
     teacher_pipe = load_teacher(cfg.teacher)
     autoencoder = teacher_pipe.autoencoder.to(accelerator.device).eval()
     teacher = teacher_pipe.unet.to(accelerator.device).eval().requires_grad_(False)
+    conditional = teacher.config.num_class_embeds is not None
+    inherit_data_options(cfg, cfg.teacher, "teacher")
+    check_geometry(cfg, autoencoder, cfg.teacher, "teacher")
+    images, labels, data, key = training_images(accelerator, cfg, autoencoder)
+    if conditional and labels is None:
+        raise UserError(f"the teacher {cfg.teacher} is class-conditional, but {describe_source(cfg)} has no labels; "
+                        "pass the data it was trained on (--dataset, --data_dir or --train_data_dir)")
+    training.BatchOrder(len(images), cfg.train_batch_size, cfg.seed, accelerator.process_index,
+                        accelerator.num_processes)  # a batch larger than the data: refused before any write
+    clock.lap("data and latents")
+    training.lock_output_dir(accelerator, out)
     ae_print = autoencoder_fingerprint(autoencoder)
     record = training.run_record(accelerator, cfg, RESUME_FIXED, teacher=autoencoder_fingerprint(teacher),
                                  autoencoder=ae_print)
     training.check_output_dir(cfg, record)
     if accelerator.is_main_process:
-        save_config(cfg, out / "training_config.yaml")
+        save_config(cfg, out / "training_config.yaml")  # with the data options it read
     clock.lap("set-up")
-    images, labels = load_digits("train", cfg.dataset, cfg.data_dir)
-    images, labels = training.first_samples(accelerator, cfg, images, labels)
-    latents = cached_latents(accelerator, autoencoder, images, cfg.dataset, fingerprint=ae_print)
-    conditional = teacher.config.num_class_embeds is not None
+    latents = cached_latents(accelerator, autoencoder, images, key, fingerprint=ae_print)
     labels = torch.as_tensor(labels, device=accelerator.device) if conditional else None
     null_label = teacher.config.num_class_embeds - 1 if conditional else None
     clock.lap("data and latents")
@@ -262,7 +276,7 @@ def main(argv):
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         pipe = student_pipeline(accelerator.unwrap_model(student).float().eval(), autoencoder.float(), lcm,
-                                cfg.default_steps, cfg.default_timesteps)
+                                cfg.default_steps, cfg.default_timesteps, teacher_pipe.class_names)
         finish(pipe, cfg, out, loss_log, clock, stop, teacher_train_seconds(cfg.teacher))
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -298,7 +312,7 @@ def finish(pipe, cfg, out, loss_log, clock, stop, teacher_seconds):
     from .export import save_pipeline_folder, write_model_card
 
     info = settings(cfg, teacher_seconds, clock.phases["training"])
-    training.save_or_explain(lambda: save_pipeline_folder(pipe, out, dataset=cfg.dataset, distillation=info),
+    training.save_or_explain(lambda: save_pipeline_folder(pipe, out, dataset=hub_dataset(cfg), distillation=info),
                              out, "the pipeline")
     print(f"pipeline saved to {out}")
     clock.lap("saving", saved=True)
@@ -311,7 +325,9 @@ def finish(pipe, cfg, out, loss_log, clock, stop, teacher_seconds):
     for n in cfg.eval_steps if cfg.eval_num_samples > 0 else []:
         m = evaluate_pipeline(pipe, out / "evaluation" / f"{n}_steps", num_samples=cfg.eval_num_samples,
                               num_inference_steps=n, scheduler="lcm", seed=cfg.seed, dataset=cfg.dataset,
-                              data_dir=cfg.data_dir)
+                              data_dir=cfg.data_dir, spec=cfg)
+        if m.get("fid") is None:  # data without labels: samples and speed, no scores (evaluation says why)
+            continue
         scores[n] = {k: m[k] for k in ("fid", "precision", "recall", "fid_floor", "precision_floor", "recall_floor")}
         scores[n]["digits_per_second"] = m["digits_per_second"]
     if scores:
@@ -319,7 +335,7 @@ def finish(pipe, cfg, out, loss_log, clock, stop, teacher_seconds):
     info["scores"] = scores
     (out / "distillation.json").write_text(json.dumps(info, indent=2) + "\n")
     grid = out / "samples.png"
-    write_model_card(pipe, out, sample_grid_path=str(grid) if grid.is_file() else None, dataset=cfg.dataset,
+    write_model_card(pipe, out, sample_grid_path=str(grid) if grid.is_file() else None, dataset=hub_dataset(cfg),
                      distillation=info)
     clock.lap("saving")
     clock.write(out / "timings.json")

@@ -43,10 +43,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from pipeline.errors import UserError, first_line, run_cli
-from pipeline.image_data import describe_source
+from pipeline.image_data import describe_source, saved_data_options
 from pipeline.schedulers import DEFAULT_SAMPLER, DEFAULT_STEPS
 
 MIN_SAMPLES = 10  # precision/recall need k+1 neighbours; below this the numbers mean nothing
@@ -141,14 +140,9 @@ def model_kind(path: Path) -> str:
 def trained_on(path: Path) -> tuple[str, str] | None:
     """(dataset, where it was read) for a run folder: its training_config.yaml, else its model card's
     `datasets` (a folder from the Hub); None if neither names one."""
-    config = path / "training_config.yaml"
-    if config.is_file():
-        try:
-            dataset = (yaml.safe_load(config.read_text()) or {}).get("dataset")
-        except (yaml.YAMLError, AttributeError):
-            dataset = None
-        if isinstance(dataset, str):
-            return dataset, str(config)
+    dataset = saved_data_options(path).get("dataset")
+    if isinstance(dataset, str):
+        return dataset, str(path / "training_config.yaml")
     card = path / "README.md"
     if card.is_file():
         from huggingface_hub import ModelCard
@@ -187,13 +181,7 @@ def data_spec(path: Path, dataset: str, data_dir=None, train_data_dir=None):
     """The data options of the run in `path` (training_config.yaml), `dataset` and the flags given here first."""
     from types import SimpleNamespace
 
-    saved = {}
-    config = path / "training_config.yaml"
-    if config.is_file():
-        try:
-            saved = yaml.safe_load(config.read_text()) or {}
-        except yaml.YAMLError:
-            saved = {}
+    saved = saved_data_options(path)
     spec = {key: saved.get(key, default) for key, default in DATA_KEYS.items()}
     if data_dir is not None or train_data_dir is not None:
         spec.update(data_dir=data_dir, train_data_dir=train_data_dir)
@@ -202,7 +190,7 @@ def data_spec(path: Path, dataset: str, data_dir=None, train_data_dir=None):
 
 def no_judge_line(spec) -> str:
     """Why FID / precision / recall are not computed for this (unlabelled) data, in one line."""
-    from pipeline.image_data import describe_source
+    from pipeline.image_data import describe_source, saved_data_options
 
     return f"FID / precision / recall need labelled data (a judge is trained on the labels): {describe_source(spec)} has none"
 

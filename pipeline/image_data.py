@@ -94,7 +94,7 @@ def load_images(split, spec, resolution=None, channels=None) -> ImageData:
             raise UserError(f"the images of {_where(spec)} are {resolution}x{resolution} pixels, smaller than the "
                             f"{MIN_SIDE}x{MIN_SIDE} the models take; use larger images, or pass --resolution "
                             f"{MIN_SIDE} (or 16, 32) to enlarge them")
-    arrays = [_to_array(im, channels, spec.background, resolution) for im in pictures]
+    arrays = [picture_array(im, channels, spec.background, resolution) for im in pictures]
     images = np.stack(arrays)
     return ImageData(images[:, 0] if channels == 1 else images, labels, class_names, test_split)
 
@@ -109,12 +109,12 @@ def _shaped(data, resolution, channels, spec):
     if (resolution in (None, h)) and channels == 1:
         return data
     pictures = [PIL.Image.fromarray(im) for im in data.images]
-    images = np.stack([_to_array(im, channels, spec.background, resolution or h) for im in pictures])
+    images = np.stack([picture_array(im, channels, spec.background, resolution or h) for im in pictures])
     return ImageData(images[:, 0] if channels == 1 else images, data.labels, None, data.test_split)
 
 
-def _to_array(im, channels, background, size) -> np.ndarray:
-    """One PIL image -> uint8 (C, size, size): transparency composited on `background`, shorter side resized
+def picture_array(im, channels, background, size) -> np.ndarray:
+    """One PIL image -> uint8 (C, size, size), as every training image is made (the web demo's uploads too): transparency composited on `background`, shorter side resized
     to `size`, centre-cropped (torchvision.transforms.v2)."""
     from torchvision.transforms import v2
 
@@ -424,6 +424,62 @@ def cache_problem(folder) -> str | None:
     if found["digest"] != digest:
         return "files changed since they were fetched"
     return None
+
+
+# The options that say which data a run read (and how): saved in its training_config.yaml, read back by the runs
+# and evaluations that build on it, so a student or a score of any run reads that run's own data.
+DATA_OPTIONS = ("dataset", "data_dir", "train_data_dir", "image_column", "label_column", "background", "random_flip")
+
+
+def saved_data_options(run_folder) -> dict:
+    """The data options in `run_folder`/training_config.yaml (those it names); {} without a readable one."""
+    import yaml
+
+    config = Path(run_folder) / "training_config.yaml"
+    try:
+        saved = yaml.safe_load(config.read_text()) or {} if config.is_file() else {}
+    except (OSError, yaml.YAMLError):
+        saved = {}
+    return {k: saved[k] for k in DATA_OPTIONS if isinstance(saved, dict) and k in saved}
+
+
+def inherit_data_options(cfg, run_folder, what) -> list:
+    """Data options `cfg` leaves at their defaults take the values saved in `run_folder` (a run this one builds
+    on); options set on the command line or in the YAML win. Returns the names taken, and says so in one line."""
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.name in DATA_OPTIONS}
+    taken = []
+    for key, value in saved_data_options(run_folder).items():
+        if getattr(cfg, key) == defaults[key] and value != defaults[key]:
+            setattr(cfg, key, value)
+            taken.append(key)
+    if taken:
+        print(f"data options from the {what} {run_folder}: " + ", ".join(f"{k} {getattr(cfg, k)}" for k in taken))
+    return taken
+
+
+def check_geometry(cfg, autoencoder, run_folder, what):
+    """The image size, channels and background belong to the autoencoder (the options of its training run): a run
+    built on it (the latent model, a student) takes them from it, and one that names others is refused in one line."""
+    ae = autoencoder.config
+    image, padded = getattr(ae, "image_size", 28), ae.sample_size
+    fix = f"leave it out (the {what} decides it), or train an autoencoder with it"
+    if cfg.resolution is not None and cfg.resolution not in (image, padded):
+        raise UserError(f"--resolution {cfg.resolution} contradicts the {what} {run_folder}, which takes {image}x{image} "
+                        f"images (padded to {padded}x{padded}); {fix}")
+    if cfg.channels is not None and cfg.channels != ae.in_channels:
+        raise UserError(f"--channels {cfg.channels} contradicts the {what} {run_folder}, which takes {ae.in_channels}-"
+                        f"channel images; {fix}")
+    saved = saved_data_options(run_folder).get("background")
+    if saved is not None and cfg.background != saved:
+        raise UserError(f"--background {cfg.background} contradicts the {what} {run_folder}, trained on transparency "
+                        f"composited on {saved}; {fix}")
+
+
+def hub_dataset(spec) -> str | None:
+    """The dataset a model card names (an id, or a local Parquet folder's path); None for an image folder."""
+    return None if spec.train_data_dir else spec.dataset
 
 
 def describe_source(spec) -> str:

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from .autoencoder import CABAutoencoder
 from .data import hub_unavailable, to_digits, to_model_input
 from .errors import UserError, first_line
+from .image_data import data_digest, is_idx, load_images
 from .paths import cache_dir
 
 
@@ -109,3 +110,21 @@ def cached_latents(accelerator, autoencoder, images_uint8, dataset_key, fingerpr
         os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache
     accelerator.wait_for_everyone()
     return load_file(str(path))["latents"].to(accelerator.device)
+
+
+def training_images(accelerator, cfg, autoencoder):
+    """The training images a latent model (or its student) learns from, as the autoencoder sees them: the data
+    `cfg` names at the autoencoder's image size and channels, the first `max_train_samples`, and with
+    `random_flip` their mirror images too (latents are encoded once, so the flips are fixed copies).
+    Returns (uint8 images, int64 labels or None, the ImageData read, the latent cache's key for them)."""
+    import numpy as np
+
+    from .training import first_samples
+
+    data = load_images("train", cfg, getattr(autoencoder.config, "image_size", 28), autoencoder.config.in_channels)
+    images, labels = first_samples(accelerator, cfg, data.images, data.labels)
+    if cfg.random_flip:
+        images = np.concatenate([images, images[..., ::-1]])
+        labels = None if labels is None else np.concatenate([labels, labels])
+    key = cfg.dataset if is_idx(cfg) and not cfg.random_flip else f"images-{data_digest(images)}"
+    return images, labels, data, key

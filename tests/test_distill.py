@@ -273,3 +273,59 @@ def test_guidance_is_folded_into_the_target_of_a_class_conditional_teacher():
     calls.clear()
     loss(3.0, dropout=0.999)  # every label dropped: cond and uncond are the same pass, so the target is unguided
     assert calls[0] == [10] * 6 and calls[1] == [10] * 6
+
+
+@pytest.mark.slow
+def test_a_colour_class_conditional_image_folder_teacher_is_distilled_from_its_own_data(tmp_path):
+    """No data options on the distill command line: the student reads the teacher's image folder (its saved
+    training_config.yaml), and its folder loads with plain diffusers and makes colour images of the teacher's size
+    and classes at 1, 2 and 4 steps."""
+    from test_image_data import TINY, colour_folder
+
+    folder = colour_folder(tmp_path / "pics", n_per_class=10)
+    ae, teacher, out = tmp_path / "ae", tmp_path / "teacher", tmp_path / "student"
+    run_script("train_autoencoder.py", ["--train_data_dir", str(folder), "--resolution", "16", "--output_dir", str(ae),
+                                        "--max_train_steps", "10", "--skip_figures", "true", *TINY])
+    teacher_args = [
+        "--config", str(REPO / "configs/latent_ddpm_class_quick.yaml"), "--autoencoder", str(ae),
+        "--output_dir", str(teacher), "--max_train_steps", "5", "--train_batch_size", "4", "--checkpointing_steps", "100",
+        "--num_inference_steps", "2", "--eval_num_samples", "0", "--skip_figures", "true", "--num_threads", "1"]
+    student_args = [
+        "--config", str(REPO / "configs/distill_quick.yaml"), "--teacher", str(teacher), "--output_dir", str(out),
+        "--max_train_steps", "4", "--train_batch_size", "4", "--checkpointing_steps", "100", "--eval_num_samples", "10",
+        "--eval_steps", "[1, 2, 4]", "--num_threads", "1"]
+    # The image size, channels and background are the autoencoder's: a run that names others is refused, untouched.
+    for flag, value, says in (("--resolution", "48", "takes 16x16 images (padded to 16x16)"),
+                              ("--channels", "1", "takes 3-channel images"),
+                              ("--background", "black", "composited on white")):
+        bad = run_script("train_latent_ddpm.py", teacher_args + [flag, value], check=False)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr[-2000:]
+        assert f"{flag} {value} contradicts the autoencoder {ae}, which" in bad.stderr or says in bad.stderr
+        assert says in bad.stderr and not teacher.exists()
+    # No data options: the latent model reads the autoencoder's image folder, the student the teacher's.
+    res = run_script("train_latent_ddpm.py", teacher_args)
+    assert f"data options from the autoencoder {ae}: train_data_dir {folder}" in res.stdout
+    bad = run_script("distill_latent_ddpm.py", student_args + ["--resolution", "48"], check=False)
+    assert bad.returncode == 2 and f"--resolution 48 contradicts the teacher {teacher}" in bad.stderr
+    assert not out.exists()
+    res = run_script("distill_latent_ddpm.py", student_args)
+    assert f"data options from the teacher {teacher}: train_data_dir {folder}" in res.stdout
+    saved = (out / "training_config.yaml").read_text()
+    assert f"train_data_dir: {folder}" in saved
+    assert "not_scored" in json.loads((out / "evaluation" / "2_steps" / "metrics.json").read_text())  # 18 images: no judge
+    code = textwrap.dedent(f"""
+        import torch
+        from diffusers import DiffusionPipeline
+        pipe = DiffusionPipeline.from_pretrained({str(out)!r}, trust_remote_code=True)
+        pipe.set_progress_bar_config(disable=True)
+        for n in (1, 2, 4):
+            images = pipe(class_labels=["squares", "circles"], num_inference_steps=n,
+                          generator=torch.manual_seed(0)).images
+            print(n, type(pipe.scheduler).__name__, [(im.mode, im.size) for im in images])
+    """)
+    env = {**__import__("os").environ, "HF_MODULES_CACHE": str(tmp_path / "hf_modules"), "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONPATH", None)
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for n in (1, 2, 4):
+        assert f"{n} LCMScheduler [('RGB', (16, 16)), ('RGB', (16, 16))]" in r.stdout
