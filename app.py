@@ -1,8 +1,10 @@
 """Web demo of a trained LatentDDPMPipeline: `python app.py [--pipeline FOLDER_OR_HUB_ID] [--host H] [--port P]`.
 
-One pipeline, loaded once at start-up, behind three tabs: Generate (a gallery of samples), Draw (a sketch
-turned into a digit by the pipeline's img2img) and Denoising (one sample's steps from noise to digit).
-Built with gradio Blocks; the same file is the `app_file` of a Hugging Face Space (docs/web_demo.md).
+One pipeline, loaded once at start-up, behind three tabs: Generate (a gallery of samples), Draw (a sketch or an
+uploaded picture turned into an image by the pipeline's img2img) and Denoising (one sample's steps from noise to
+image). Everything follows the pipeline: its image size and channels (28x28 grayscale digits, 64x64 colour
+emoji, ...), its class names and its title. Built with gradio Blocks; the same file is the `app_file` of a
+Hugging Face Space (docs/web_demo.md).
 """
 
 import os
@@ -24,19 +26,20 @@ import torch  # noqa: E402
 from pipeline.data import hub_unavailable, to_uint8  # noqa: E402
 from pipeline.errors import UserError, first_line, run_cli  # noqa: E402
 from pipeline.evaluate import load_pipeline, pick_device, trained_on  # noqa: E402
+from pipeline.image_data import picture_array, saved_data_options  # noqa: E402
 from pipeline.schedulers import SCHEDULERS, default_sampling, with_scheduler  # noqa: E402
 from pipeline.visualisation import tile  # noqa: E402
-
-DIGIT_SIZE = 28  # the demo draws and shows MNIST digits
 
 DEMO_PIPELINE = "runs/demo/pipeline"  # what `make demo` writes
 MAX_IMAGES = 64  # per Generate request: a few seconds on two CPU cores
 MAX_STEPS = 1000  # the length of the training noise schedule
-SCALE = 4  # 28x28 digits are shown 4x larger, with sharp pixels
-CANVAS = 280  # the sketchpad, 10 canvas pixels per digit pixel
+SHOWN = 112  # images are shown about this many pixels wide, with sharp pixels: 28x28 digits 4x, 64x64 emoji 2x
+CANVAS = 280  # the sketchpad's side in canvas pixels
+MNIST_FRAME = 20 / 28  # MNIST centres each digit in a 20x20 box of its 28x28 picture
 STRIP_FRAMES = 11  # denoising steps shown in the strip, x_T and the result included
 NO_CLASS = -1  # the Class dropdown's "any": sample with the null label, as an unconditional model does
-# The UNet knows class indices only; these are the names of the datasets this project trains on.
+MNIST_IDS = ("ylecun/mnist", "mnist")  # the page calls their images digits
+# Folders saved with class_names use theirs; these name the classes of the IDX datasets, which have none saved.
 CLASS_NAMES = {
     "ylecun/mnist": [str(d) for d in range(10)],
     "zalando-datasets/fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -55,15 +58,23 @@ def whole_number(name, value, low, high):
     return int(value)
 
 
-def shown(images):
-    """float digits (N, 28, 28[, 1]) in [0, 1] -> PIL images, upscaled without blurring."""
-    return [PIL.Image.fromarray(d).resize((d.shape[1] * SCALE, d.shape[0] * SCALE), PIL.Image.NEAREST)
-            for d in to_uint8(np.asarray(images).reshape(-1, DIGIT_SIZE, DIGIT_SIZE))]
+def scale_for(size: int) -> int:
+    """How many screen pixels each image pixel takes: 4 for 28x28 digits, 2 for 64x64 emoji."""
+    return max(1, round(SHOWN / size))
 
 
-def sketch_to_digit(sketch) -> np.ndarray:
-    """The sketchpad's picture (a white stroke on black, RGBA) -> uint8 (28, 28), framed as MNIST frames its
-    digits: the stroke's bounding box scaled to fit 20x20, its centre of mass at the centre."""
+def shown(images, scale):
+    """float images (N, H, W[, C]) in [0, 1] -> PIL images (L or RGB), upscaled `scale` times without blurring."""
+    images = to_uint8(np.asarray(images))
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    return [PIL.Image.fromarray(im).resize((im.shape[1] * scale, im.shape[0] * scale), PIL.Image.NEAREST)
+            for im in images]
+
+
+def sketch_to_digit(sketch, size=28) -> np.ndarray:
+    """The sketchpad's picture (a white stroke on black, RGBA) -> uint8 (size, size), framed as MNIST frames its
+    digits: the stroke's bounding box scaled to fit 20/28 of the side, its centre of mass at the centre."""
     picture = None if sketch is None else sketch.get("composite")
     if picture is None:
         raise user_error("The drawing is blank: draw a digit first")
@@ -73,20 +84,34 @@ def sketch_to_digit(sketch) -> np.ndarray:
     if len(rows) == 0:
         raise user_error("The drawing is blank: draw a digit first (a white stroke on the black square)")
     box = gray[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
-    fit = 20 / max(box.shape)
-    size = (max(1, round(box.shape[1] * fit)), max(1, round(box.shape[0] * fit)))
-    small = np.asarray(PIL.Image.fromarray(box.astype(np.uint8)).resize(size, PIL.Image.LANCZOS), np.float32)
+    fit = round(size * MNIST_FRAME) / max(box.shape)
+    shape = (max(1, round(box.shape[1] * fit)), max(1, round(box.shape[0] * fit)))
+    small = np.asarray(PIL.Image.fromarray(box.astype(np.uint8)).resize(shape, PIL.Image.LANCZOS), np.float32)
     ys, xs = np.indices(small.shape)
-    top = int(np.clip(round(DIGIT_SIZE / 2 - (ys * small).sum() / small.sum()), 0, DIGIT_SIZE - small.shape[0]))
-    left = int(np.clip(round(DIGIT_SIZE / 2 - (xs * small).sum() / small.sum()), 0, DIGIT_SIZE - small.shape[1]))
-    digit = np.zeros((DIGIT_SIZE, DIGIT_SIZE), np.uint8)
+    top = int(np.clip(round(size / 2 - (ys * small).sum() / small.sum()), 0, size - small.shape[0]))
+    left = int(np.clip(round(size / 2 - (xs * small).sum() / small.sum()), 0, size - small.shape[1]))
+    digit = np.zeros((size, size), np.uint8)
     digit[top:top + small.shape[0], left:left + small.shape[1]] = small.clip(0, 255).astype(np.uint8)
     return digit
 
 
-def build_demo(pipe, class_names=None) -> gr.Blocks:
-    """The page. `class_names`: one name per class of a class-conditional pipeline (default: the indices)."""
+def sketch_to_picture(sketch, size) -> np.ndarray:
+    """A colour drawing (RGBA on the white canvas) -> uint8 (size, size, 3): the whole canvas, transparency on
+    white, resized as the training images were (shorter side, then the centre)."""
+    picture = None if sketch is None else sketch.get("composite")
+    if picture is None or np.asarray(picture)[..., :3].min() > 223:
+        raise user_error("The drawing is blank: draw something first, or upload a picture")
+    return picture_array(PIL.Image.fromarray(np.asarray(picture, np.uint8)), 3, "white", size).transpose(1, 2, 0)
+
+
+def build_demo(pipe, class_names=None, subject="images", background="white") -> gr.Blocks:
+    """The page, laid out for `pipe`'s image size, channels and classes. `class_names`: one name per class when the
+    pipeline has none saved (default: the indices); `subject`: what the images are ("digits", "images");
+    `background`: what the training images' transparency was composited on (uploads get the same)."""
+    size, channels = pipe.image_size, pipe.num_channels
+    scale, colour = scale_for(size), channels == 3
     num_classes = (pipe.unet.config.num_class_embeds or 1) - 1  # the last embedding is the null label
+    class_names = pipe.class_names or class_names
     if not class_names or len(class_names) != num_classes:
         class_names = [str(c) for c in range(num_classes)]
 
@@ -110,27 +135,37 @@ def build_demo(pipe, class_names=None) -> gr.Blocks:
         start = time.perf_counter()
         images = run(sampler, steps, seed, class_choice, guidance, batch_size=n).images
         seconds = time.perf_counter() - start
-        return shown(images), f"{n} image{'s' * (n > 1)} in {seconds:.2f} s ({sampler}, {int(steps)} steps, {pipe.device})"
+        return (shown(images, scale),
+                f"{n} image{'s' * (n > 1)} in {seconds:.2f} s ({sampler}, {int(steps)} steps, {pipe.device})")
 
-    def draw(sketch, strength, sampler, steps, seed, class_choice, guidance):
-        digit = sketch_to_digit(sketch)
+    def start_picture(sketch, upload) -> np.ndarray:
+        """What img2img starts from, uint8 (size, size) or (size, size, 3): an uploaded picture if there is one,
+        else the drawing (grayscale: framed as MNIST frames its digits)."""
+        if upload is not None:
+            picture = picture_array(upload, channels, background, size)
+            return picture[0] if channels == 1 else picture.transpose(1, 2, 0)
+        return sketch_to_picture(sketch, size) if colour else sketch_to_digit(sketch, size)
+
+    def draw(sketch, upload, strength, sampler, steps, seed, class_choice, guidance):
+        picture = start_picture(sketch, upload)
         if strength is None or not 0 <= strength <= 1:
             raise user_error(f"Strength must be from 0 to 1; got {strength}")
-        images = run(sampler, steps, seed, class_choice, guidance, image=digit[None], strength=float(strength)).images
-        return shown(digit / 255)[0], shown(images)[0]
+        images = run(sampler, steps, seed, class_choice, guidance, image=picture[None], strength=float(strength)).images
+        return shown(picture[None] / 255, scale)[0], shown(images, scale)[0]
 
     def denoise(sampler, steps, seed, class_choice, guidance):
         frames = run(sampler, steps, seed, class_choice, guidance, return_intermediates=True).intermediates
         picked = np.unique(np.linspace(0, len(frames) - 1, min(STRIP_FRAMES, len(frames))).round().astype(int))
         strip = tile(np.stack([frames[i][0] for i in picked]), nrow=len(picked))
         caption = f"Steps {', '.join(str(i) for i in picked)} of {len(frames) - 1}: pure noise (left) to the result (right)"
-        return np.kron(strip, np.ones((SCALE, SCALE), np.uint8)), caption
+        return strip.repeat(scale, axis=0).repeat(scale, axis=1), caption
 
+    latents = f"{pipe.autoencoder.config.latent_channels}x{pipe.autoencoder.latent_size}x{pipe.autoencoder.latent_size}"
     default_sampler, default_steps = default_sampling(pipe)  # the evaluation's: SDE DPM-Solver++ 10, a student's LCM
-    with gr.Blocks(title="Latent diffusion digits") as demo:
-        gr.Markdown(f"## Latent diffusion digits\n`{pipe.config.get('_name_or_path', 'pipeline')}` on {pipe.device}: "
-                    "a diffusers UNet "
-                    "denoises 4x8x8 latents, the CAB autoencoder decodes them into 28x28 images.")
+    with gr.Blocks(title=f"Latent diffusion {subject}") as demo:
+        gr.Markdown(f"## Latent diffusion {subject}\n`{pipe.config.get('_name_or_path', 'pipeline')}` on {pipe.device}: "
+                    f"a diffusers UNet denoises {latents} latents, the CAB autoencoder decodes them into "
+                    f"{size}x{size} {'colour' if colour else 'grayscale'} images.", elem_id="title")
         with gr.Row():  # settings shared by the three tabs
             sampler = gr.Dropdown(list(SCHEDULERS), value=default_sampler, label="Sampler", elem_id="sampler")
             steps = gr.Number(default_steps, precision=0, label="Steps", elem_id="steps")
@@ -148,17 +183,22 @@ def build_demo(pipe, class_names=None) -> gr.Blocks:
             gallery = gr.Gallery(label="Samples", columns=8, format="png", elem_id="gallery")
         with gr.Tab("Draw"):
             with gr.Row():
+                # Grayscale: a white stroke on black, as MNIST's digits are; colour: any colour on white.
+                ground, brush, brush_mode = ((255, ["#000000", "#e53935", "#fdd835", "#43a047", "#1e88e5", "#8e24aa",
+                                                    "#6d4c41"], "defaults") if colour else (0, ["#ffffff"], "fixed"))
                 sketch = gr.Sketchpad(
-                    value={"background": np.zeros((CANVAS, CANVAS, 3), np.uint8), "layers": [], "composite": None},
+                    value={"background": np.full((CANVAS, CANVAS, 3), ground, np.uint8), "layers": [], "composite": None},
                     canvas_size=(CANVAS, CANVAS), fixed_canvas=True, image_mode="RGBA", layers=False, transforms=(),
-                    brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=12),
-                    label="Draw a digit", elem_id="sketch")
+                    brush=gr.Brush(colors=brush, color_mode=brush_mode, default_size=12),
+                    label="Draw a digit" if subject == "digits" else "Draw", elem_id="sketch")
                 with gr.Column():
+                    upload = gr.Image(type="pil", sources=["upload"], image_mode=None, label="or upload a picture",
+                                      elem_id="upload")
                     strength = gr.Slider(0, 1, value=0.5, step=0.05, elem_id="strength",
                                          label="Strength (0 = the autoencoder's reconstruction, 1 = a new sample)")
                     draw_button = gr.Button("Draw", variant="primary", elem_id="draw")
                     with gr.Row():
-                        seen = gr.Image(label="Your drawing at 28x28", format="png", elem_id="seen")
+                        seen = gr.Image(label=f"What the model gets, at {size}x{size}", format="png", elem_id="seen")
                         result = gr.Image(label="Result", format="png", elem_id="result")
         with gr.Tab("Denoising"):
             denoise_button = gr.Button("Denoise one sample", variant="primary", elem_id="denoise")
@@ -166,7 +206,7 @@ def build_demo(pipe, class_names=None) -> gr.Blocks:
             strip = gr.Image(label="Denoising", format="png", elem_id="strip")
 
         generate_button.click(generate, [num_images, *settings], [gallery, timing], api_name="generate")
-        draw_button.click(draw, [sketch, strength, *settings], [seen, result], api_name="draw")
+        draw_button.click(draw, [sketch, upload, strength, *settings], [seen, result], api_name="draw")
         denoise_button.click(denoise, settings, [strip, caption], api_name="denoise")
     # Every request waits its turn in gradio's queue; one pipeline call at a time keeps a CPU responsive.
     return demo.queue(default_concurrency_limit=1, max_size=100)
@@ -218,8 +258,12 @@ def main(argv=None):
 
     check_port(args.host, args.port)
     pipe = load(args.pipeline, pick_device(args.device))
-    dataset = trained_on(Path(args.pipeline)) if Path(args.pipeline).is_dir() else None
-    demo = build_demo(pipe, CLASS_NAMES.get(dataset[0]) if dataset else None)
+    folder = Path(args.pipeline)
+    dataset = trained_on(folder) if folder.is_dir() else None
+    saved = saved_data_options(folder) if folder.is_dir() else {}
+    digits = dataset is not None and dataset[0] in MNIST_IDS and not saved.get("train_data_dir") and pipe.num_channels == 1
+    demo = build_demo(pipe, CLASS_NAMES.get(dataset[0]) if dataset else None, "digits" if digits else "images",
+                      saved.get("background", "white"))
     try:
         demo.launch(server_name=args.host, server_port=args.port, ssr_mode=False)
     except OSError as e:  # taken between the check and now

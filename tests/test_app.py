@@ -91,8 +91,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(pipeline_folder, tmp_path_factory):
+def serve(pipeline_folder, tmp_path_factory):
     """`python app.py` on a free local port; yields its URL, and ends it afterwards."""
     port, tmp = free_port(), tmp_path_factory.mktemp("gradio")
     env = dict(os.environ, GRADIO_TEMP_DIR=str(tmp), OMP_NUM_THREADS="1")
@@ -115,6 +114,37 @@ def server(pipeline_folder, tmp_path_factory):
     proc.terminate()
     proc.wait(timeout=30)
     log.close()
+
+
+@pytest.fixture(scope="module")
+def server(pipeline_folder, tmp_path_factory):
+    yield from serve(pipeline_folder, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def colour_folder(tmp_path_factory):
+    """A class-conditional colour pipeline of 16x16 RGB images in two named classes, saved as training saves one."""
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=4, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                       norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"), num_class_embeds=3).eval()
+    autoencoder = CABAutoencoder(in_channels=3, sample_size=16, image_size=16, block_out_channels=(8, 16, 16),
+                                 layers_per_block=1, norm_num_groups=4, reduction=4).eval()
+    pipe = LatentDDPMPipeline(unet=unet, autoencoder=autoencoder, scheduler=make_train_scheduler(),
+                              class_names=["cats", "dogs"])
+    return save_pipeline_folder(pipe, tmp_path_factory.mktemp("app") / "colour", dataset=None)  # a local folder's
+
+
+@pytest.fixture(scope="module")
+def colour_pipe(colour_folder):
+    p = LatentDDPMPipeline.from_pretrained(colour_folder)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+@pytest.fixture(scope="module")
+def colour_server(colour_folder, tmp_path_factory):
+    yield from serve(colour_folder, tmp_path_factory)
 
 
 # ----------------------------------------------------------------------------- bad input at start-up
@@ -315,6 +345,61 @@ def test_draw_a_stroke_and_get_its_img2img(page, pipe):
     type_into(page, "#strength input[type=number]", 1)  # a new sample: no longer the reconstruction
     css(page, "#draw")[0].click()
     wait_for(page, lambda: not close(shown_digits(page, "#result img")[0], result, tolerance=10))
+
+
+# ----------------------------------------------------------------------------- a colour pipeline, in the same browser
+
+COLOUR_SCALE = 7  # 16x16 images are shown 7x larger (app.py: about 112 pixels)
+
+
+def as_colour(png) -> np.ndarray:
+    """A colour image as the page shows it (112x112 RGB) -> uint8 (16, 16, 3), one pixel each."""
+    image = np.asarray(PIL.Image.open(io.BytesIO(png) if isinstance(png, bytes) else png))
+    assert image.shape == (16 * COLOUR_SCALE, 16 * COLOUR_SCALE, 3), image.shape
+    return image[::COLOUR_SCALE, ::COLOUR_SCALE]
+
+
+def test_a_colour_pipeline_shows_its_size_colours_and_class_names(browser, colour_server, colour_pipe, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    browser.get(colour_server)
+    wait_for(browser, lambda: css(browser, "#generate"))
+    assert "decodes them into 16x16 colour images" in css(browser, "#title")[0].text
+    assert browser.title == "Latent diffusion images"
+    css(browser, "#class input")[0].click()  # the class choice lists the pipeline's own names
+    options = lambda: css(browser, "li[role=option]")  # noqa: E731
+    wait_for(browser, lambda: [o.get_attribute("aria-label") for o in options()] == ["any", "cats", "dogs"])
+    options()[2].click()  # "dogs"
+    type_into(browser, "#steps input", 3)
+    type_into(browser, "#seed input", 5)
+    type_into(browser, "#num_images input[type=number]", 3)
+    css(browser, "#generate")[0].click()
+    wait_for(browser, lambda: len(css(browser, "#gallery img")) == 3)
+    got = np.stack([as_colour(fetch(img.get_attribute("src"))) for img in css(browser, "#gallery img")])
+    want = with_scheduler(colour_pipe, default_sampling(colour_pipe)[0])(
+        batch_size=3, num_inference_steps=3, generator=torch.Generator().manual_seed(5), output_type="np",
+        class_labels=1, guidance_scale=1.5).images
+    assert close(got, to_uint8(want))
+
+    # Draw: an uploaded colour picture, in the pipeline's size and channels, redrawn by img2img
+    upload = np.zeros((40, 60, 3), np.uint8)
+    upload[:, :30] = (200, 30, 30)
+    upload[:, 30:] = (30, 30, 200)
+    PIL.Image.fromarray(upload).save(tmp_path / "upload.png")
+    browser.find_element(By.XPATH, "//button[@role='tab' and normalize-space()='Draw']").click()
+    wait_for(browser, lambda: css(browser, "#upload input[type=file]"))
+    css(browser, "#upload input[type=file]")[0].send_keys(str(tmp_path / "upload.png"))
+    wait_for(browser, lambda: css(browser, "#upload img"))
+    type_into(browser, "#strength input[type=number]", 0)
+    css(browser, "#draw")[0].click()
+    wait_for(browser, lambda: css(browser, "#seen img") and css(browser, "#result img"))
+    seen = as_colour(fetch(css(browser, "#seen img")[0].get_attribute("src")))
+    assert (seen[:, :7, 0] > 150).all() and (seen[:, 9:, 2] > 150).all()  # red left, blue right: the centre 40x40
+    result = as_colour(fetch(css(browser, "#result img")[0].get_attribute("src")))
+    want = with_scheduler(colour_pipe, default_sampling(colour_pipe)[0])(
+        image=seen[None], strength=0.0, num_inference_steps=3, generator=torch.Generator().manual_seed(5),
+        output_type="np", class_labels=1, guidance_scale=1.5).images
+    assert close(result, to_uint8(want)[0])
 
 
 # ----------------------------------------------------------------------------- the API under a burst
