@@ -25,8 +25,9 @@ import torch  # noqa: E402
 
 from pipeline.data import hub_unavailable, to_uint8  # noqa: E402
 from pipeline.errors import UserError, first_line, run_cli  # noqa: E402
-from pipeline.evaluate import load_pipeline, pick_device, trained_on  # noqa: E402
+from pipeline.evaluate import load_pipeline, pick_device  # noqa: E402
 from pipeline.image_data import picture_array, saved_data_options  # noqa: E402
+from pipeline.judge_data import trained_on  # noqa: E402
 from pipeline.schedulers import SCHEDULERS, default_sampling, with_scheduler  # noqa: E402
 from pipeline.visualisation import tile  # noqa: E402
 

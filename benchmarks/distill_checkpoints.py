@@ -6,7 +6,7 @@
 A distillation's few-step quality peaks and then degrades at a point that depends on the target network's decay,
 so scoring only a run's end can miss its best student. Each checkpoint-N of --run (its online student weights,
 what the run's folder would hold had it stopped at N) samples --num_samples digits per seed and schedule, drawn
-and scored exactly as the evaluation does (`pipeline.evaluate.sample_digits`, the benchmarks' judge and floor). A
+and scored exactly as the evaluation does (`pipeline.sampling.sample_images`, the benchmarks' judge and floor). A
 schedule is a step count (LCMScheduler's own evenly spaced timesteps) or a comma-separated list of timesteps from
 the run's grid (what `pipe(timesteps=...)` and a folder's `default_timesteps` run). Writes distill-checkpoints-
 <gpu|cpu>-<date>.json and .md: FID per checkpoint and schedule, mean over the seeds, and each seed's.
@@ -78,7 +78,7 @@ def main(argv=None):
     from safetensors.torch import load_file
 
     from pipeline.classifier import get_classifier
-    from pipeline.evaluate import sample_digits
+    from pipeline.sampling import sample_images
     from pipeline.metrics import get_reference, score_digits
     from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
 
@@ -103,7 +103,7 @@ def main(argv=None):
             pipe.register_to_config(default_timesteps=timesteps and [timesteps])  # what pipe(n) runs
             per_seed = []
             for seed in args.seeds:
-                digits = sample_digits(pipe, args.num_samples, args.batch_size, n, seed)
+                digits = sample_images(pipe, args.num_samples, args.batch_size, n, seed)
                 scores = score_digits(digits, classifier, reference)
                 per_seed.append({k: float(scores[k]) for k in KEYS})
             mean = {k: float(np.mean([p[k] for p in per_seed])) for k in KEYS}

@@ -18,15 +18,12 @@ It takes uint8 images, (N,H,W) grayscale or (N,C,H,W) with 1 or 3 channels, of a
 torch module: the feature extractor that torchmetrics' FID and KID are given (pipeline/metrics.py).
 """
 
-import functools
 import hashlib
 import json
 import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,6 +34,7 @@ from transformers import (AutoModelForImageClassification, ConvNextV2Config, Pre
                           ResNetConfig, ViTConfig)
 
 from pipeline.errors import UserError
+from pipeline.judge_data import judge_data
 from pipeline.paths import cache_dir
 
 TRAIN_SEED = 0
@@ -80,15 +78,6 @@ BATCH_SIZE = 128
 MIN_BATCH = 16  # below 1,024 images the batch shrinks (to an eighth of the images), so an epoch is several updates
 
 
-def dataset_key(dataset: str) -> str:
-    """A folder name for a dataset id ("ylecun/mnist" -> "ylecun--mnist")."""
-    return dataset.replace("/", "--")
-
-
-def default_min_accuracy(dataset: str) -> float:
-    return 0.89 if "fashion" in dataset.lower() else 0.99
-
-
 def batch_for(num_images: int) -> int:
     """BATCH_SIZE, or an eighth of a small training split (at least MIN_BATCH, at most all of it)."""
     return min(BATCH_SIZE, max(MIN_BATCH, num_images // 8), num_images)
@@ -99,72 +88,6 @@ def epochs_for(num_images: int) -> float:
     the time spent scales with the data instead of being 1,400 updates whatever its size."""
     steps_per_epoch = max(1, num_images // batch_for(num_images))
     return max(EPOCHS, min(MAX_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch)))
-
-
-@dataclass
-class JudgeData:
-    """The labelled images a judge learns from and scores against.
-
-    IDX digits (`spec` None) are read by pipeline.data.load_digits at 28x28; any other dataset by
-    pipeline.image_data.load_images from `spec` (a training config) at `size` and `channels`, the
-    pipeline's output, so that samples and real images look alike to the judge."""
-    name: str  # in messages and metrics.json
-    key: str  # the judge's cache folder
-    data_dir: str | None = None
-    spec: object = None
-    size: int | None = None
-    channels: int | None = None
-
-    def load(self, split: str):
-        """(uint8 images, int64 labels) of `split`, read once per process."""
-        images, labels = _load_split(self, split)
-        if labels is None:
-            raise UserError(f"{self.name} has no labels: FID / precision / recall need a judge trained on labels; "
-                            "put the images in one subfolder per class, or pass --label_column")
-        return images, labels
-
-    @property
-    def labelled(self) -> bool:
-        return _load_split(self, "test")[1] is not None
-
-    @property
-    def min_accuracy(self) -> float | None:
-        """The test accuracy a judge must reach; None: a balanced accuracy decided by the classes (`accuracy_bar`)."""
-        return default_min_accuracy(self.name) if self.spec is None else None
-
-    def __hash__(self):
-        return hash((self.key, self.data_dir))
-
-
-@functools.lru_cache(maxsize=4)
-def _load_split(data: JudgeData, split: str):
-    from pipeline.data import load_digits
-    from pipeline.image_data import load_images
-
-    if data.spec is None:
-        return load_digits(split, dataset=data.name, data_dir=data.data_dir)
-    loaded = load_images(split, data.spec, data.size, data.channels)
-    return loaded.images, loaded.labels
-
-
-def judge_data(dataset="ylecun/mnist", data_dir=None, spec=None, size=None, channels=None) -> JudgeData:
-    """The JudgeData for a dataset id (IDX data), or for the data a training config `spec` names at the
-    pipeline's `size` and `channels`. A JudgeData passes through unchanged."""
-    from pipeline.image_data import describe_source, is_idx
-
-    if isinstance(dataset, JudgeData):
-        return dataset
-    if spec is None or is_idx(spec):
-        return JudgeData(dataset, dataset_key(dataset), data_dir)
-    local = spec.train_data_dir or (spec.dataset if Path(spec.dataset).expanduser().is_dir() else None)
-    if local:  # an image folder, or a dataset saved on disk: named by its folder, told apart by its full path
-        folder = Path(local).expanduser().resolve()
-        stem, where = folder.name, str(folder)
-    else:
-        stem, where = dataset_key(spec.dataset), spec.dataset
-    tag = hashlib.sha256(f"{where}|{spec.image_column}|{spec.label_column}".encode()).hexdigest()[:8]
-    key = f"{stem}-{tag}-{size}px-{channels}ch-{spec.background}"
-    return JudgeData(describe_source(spec), key, None, spec, size, channels)
 
 
 def accuracy_bar(num_classes: int) -> float:

@@ -44,12 +44,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.errors import UserError, first_line, run_cli
-from pipeline.image_data import describe_source, saved_data_options
-from pipeline.schedulers import DEFAULT_SAMPLER, DEFAULT_STEPS
+from diffusers.utils import logging as diffusers_logging
 
-MIN_SAMPLES = 10  # precision/recall need k+1 neighbours; below this the numbers mean nothing
-MIN_JUDGE_TEST = 100  # labelled test images a judge is checked on and real statistics come from, at least
+from pipeline.classifier import classifier_record, get_classifier
+from pipeline.data import to_uint8
+from pipeline.errors import UserError, first_line, run_cli
+from pipeline.guidance import guidance_sweep, parse_scales
+from pipeline.image_data import load_images
+from pipeline.judge_data import data_spec, judge_for, model_kind, pick_dataset
+from pipeline.latent_cache import encode_decode, load_autoencoder
+from pipeline.metrics import FLOOR_SIZE, get_reference, judge_fingerprint, psnr_ssim, score_digits
+from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
+from pipeline.sampling import MIN_SAMPLES, output_folder, sample_images
+from pipeline.schedulers import (DEFAULT_SAMPLER, DEFAULT_STEPS, check_steps, default_sampling, parse_scheduler,
+                                 with_scheduler)
+from pipeline.visualisation import reconstruction_figure, save_grid
+
 TABLE = [("fid", "FID", "lower is better (torchmetrics)"), ("kid", "KID", "lower is better, unbiased (torchmetrics)"),
          ("precision", "precision", "realism (prdc, k=3)"), ("recall", "recall", "variety covered (prdc)"),
          ("density", "density", "realism, robust to outliers (prdc)"), ("coverage", "coverage", "variety (prdc)"),
@@ -59,7 +69,6 @@ TABLE = [("fid", "FID", "lower is better (torchmetrics)"), ("kid", "KID", "lower
 
 def scheduler_spec(text):
     """argparse type for --scheduler: a name, optionally with options ("dpm:solver_order=3")."""
-    from pipeline.schedulers import parse_scheduler
 
     try:
         parse_scheduler(text)
@@ -98,7 +107,6 @@ def parse_args(argv):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name} must be a positive integer; got {getattr(args, name)}")
     if args.guidance_scales is not None:
-        from pipeline.guidance import parse_scales
         args.guidance_scales = parse_scales(args.guidance_scales)
     return args
 
@@ -119,146 +127,13 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def model_kind(path: Path) -> str:
-    """'pipeline' or 'autoencoder', from the files in the folder; anything else is a UserError."""
-    if not path.is_dir():
-        raise UserError(f"--pipeline {path} is not a folder; pass the output_dir of a training run")
-    if (path / "model_index.json").is_file():
-        return "pipeline"
-    config = path / "config.json"
-    if config.is_file():
-        try:
-            name = json.loads(config.read_text()).get("_class_name")
-        except ValueError:
-            raise UserError(f"{config} is not valid JSON; restore it or re-run training")
-        if name == "CABAutoencoder":
-            return "autoencoder"
-    raise UserError(f"--pipeline {path} is neither a LatentDDPMPipeline folder (model_index.json) nor a "
-                    f"CABAutoencoder folder (config.json); pass the output_dir of a training run")
-
-
-def trained_on(path: Path) -> tuple[str, str] | None:
-    """(dataset, where it was read) for a run folder: its training_config.yaml, else its model card's
-    `datasets` (a folder from the Hub); None if neither names one."""
-    dataset = saved_data_options(path).get("dataset")
-    if isinstance(dataset, str):
-        return dataset, str(path / "training_config.yaml")
-    card = path / "README.md"
-    if card.is_file():
-        from huggingface_hub import ModelCard
-        try:
-            datasets = ModelCard.load(card).data.datasets
-        except Exception:  # not a model card, or damaged metadata: fall back to the default
-            datasets = None
-        if isinstance(datasets, str):
-            datasets = [datasets]
-        if datasets:
-            return datasets[0], f"{card} (metadata)"
-    return None
-
-
-def pick_dataset(path: Path, asked: str | None) -> str:
-    """--dataset if given (warning when the folder says otherwise), else the folder's own, else MNIST."""
-    found = trained_on(path)
-    if asked is None:
-        if found is None:
-            return "ylecun/mnist"
-        saved = data_spec(path, found[0])  # a run on an image folder or IDX files names them, not the default id
-        named = describe_source(saved) if saved.train_data_dir or saved.data_dir else found[0]
-        print(f"dataset {named}, from {found[1]} (--dataset overrides)")
-        return found[0]
-    if found is not None and found[0] != asked:
-        print(f"warning: --dataset {asked}, but {found[1]} says the model was trained on {found[0]}; "
-              "its judge and floor are the ones that fit")
-    return asked
-
-
-DATA_KEYS = {"data_dir": None, "train_data_dir": None, "image_column": None, "label_column": None,
-             "background": "white"}
-
-
-def data_spec(path: Path, dataset: str, data_dir=None, train_data_dir=None):
-    """The data options of the run in `path` (training_config.yaml), `dataset` and the flags given here first."""
-    from types import SimpleNamespace
-
-    saved = saved_data_options(path)
-    spec = {key: saved.get(key, default) for key, default in DATA_KEYS.items()}
-    if data_dir is not None or train_data_dir is not None:
-        spec.update(data_dir=data_dir, train_data_dir=train_data_dir)
-    return SimpleNamespace(dataset=dataset, **spec)
-
-
-def no_judge_line(spec) -> str:
-    """Why FID / precision / recall are not computed for this (unlabelled) data, in one line."""
-    from pipeline.image_data import describe_source, saved_data_options
-
-    return f"FID / precision / recall need labelled data (a judge is trained on the labels): {describe_source(spec)} has none"
-
-
-def judge_for(spec, dataset, data_dir, autoencoder):
-    """(JudgeData, None) for the data a model was trained on, at its autoencoder's size and channels;
-    (None, the reason in one line) for data without labels."""
-    from pipeline.classifier import judge_data
-    from pipeline.image_data import is_idx
-
-    if spec is None or is_idx(spec):
-        return judge_data(dataset, data_dir), None
-    cfg = autoencoder.config
-    data = judge_data(dataset, spec=spec, size=getattr(cfg, "image_size", 28), channels=cfg.in_channels)
-    if not data.labelled:
-        return None, no_judge_line(spec)
-    n = len(data.load("test")[0])
-    if n < MIN_JUDGE_TEST:
-        return None, (f"FID / precision / recall: {data.name} has {n} labelled test images; the judge's accuracy "
-                      f"and the real statistics need at least {MIN_JUDGE_TEST} (a test split, or 10x as many "
-                      "images for the 10% hold-out)")
-    return data, None
-
-
-def run_judge_data(path, dataset=None, data_dir=None, train_data_dir=None):
-    """The JudgeData of a run folder (a pipeline or an autoencoder): its training data at its size and channels."""
-    from pipeline.latent_cache import load_autoencoder
-
-    path = Path(path).expanduser()
-    kind = model_kind(path)
-    dataset = pick_dataset(path, dataset)
-    spec = data_spec(path, dataset, data_dir, train_data_dir)
-    autoencoder = load_autoencoder(path / "autoencoder" if kind == "pipeline" else path)
-    data, why_not = judge_for(spec, dataset, data_dir, autoencoder)
-    if data is None:
-        raise UserError(why_not)
-    return data
-
-
 def load_pipeline(path: Path, device):
-    from diffusers.utils import logging as diffusers_logging
-
-    from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
     diffusers_logging.disable_progress_bar()  # "Loading pipeline components" bars; we print our own progress
     try:
         pipe = LatentDDPMPipeline.from_pretrained(str(path))
     except Exception as e:  # missing weights, wrong component classes, ...
         raise UserError(f"cannot load the pipeline {path}: {first_line(e)}")
     return pipe.to(device)
-
-
-def sample_digits(pipe, num_samples, batch_size, num_inference_steps, seed, class_labels=None,
-                  guidance_scale=1.0) -> np.ndarray:
-    """uint8 (N, H, W) for grayscale pipelines, (N, 3, H, W) for colour ones: batches drawn in order from one generator seeded once on the pipeline's device.
-    `class_labels` (N ints; class-conditional pipelines only) go out batch by batch, with `guidance_scale`."""
-    from pipeline.data import to_uint8
-
-    generator = torch.Generator(device=pipe.device).manual_seed(seed)
-    out = []
-    for start in range(0, num_samples, batch_size):
-        n = min(batch_size, num_samples - start)
-        labels = {} if class_labels is None else dict(class_labels=class_labels[start:start + n],
-                                                       guidance_scale=guidance_scale)
-        images = pipe(batch_size=n, generator=generator, num_inference_steps=num_inference_steps,
-                      output_type="np", **labels).images  # float32 (n, H, W, C) in [0, 1]
-        out.append(to_uint8(images[..., 0] if images.shape[-1] == 1 else images.transpose(0, 3, 1, 2)))
-        print(f"sampled {start + n}/{num_samples}", flush=True)
-    return np.concatenate(out)
 
 
 def print_table(metrics: dict):
@@ -276,22 +151,10 @@ def print_table(metrics: dict):
           f"({metrics['scheduler']}, {metrics['num_inference_steps']} steps)")
 
 
-def _prepare(output_dir) -> Path:
-    out = Path(output_dir).expanduser()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create --output_dir {out} ({e.strerror}); pass a writable folder")
-    return out
-
-
 def score_reconstructions(autoencoder, classifier, reference, num_samples, train_images, batch_size=1000) -> dict:
     """`<metric>_reconstructed`: the judge on the floor's own `num_samples` real training images (picked from
     `train_images`, the training split) after a trip through `autoencoder`. No latent model decoded by it can
     expect to score better."""
-    from pipeline.data import to_uint8
-    from pipeline.latent_cache import encode_decode
-    from pipeline.metrics import FLOOR_SIZE, score_digits
 
     real = train_images[:FLOOR_SIZE][reference.floor_pick(num_samples)]
     scores = score_digits(to_uint8(encode_decode(autoencoder, real, batch_size)[1]), classifier, reference)
@@ -300,8 +163,6 @@ def score_reconstructions(autoencoder, classifier, reference, num_samples, train
 
 def judge_record(classifier, data) -> dict:
     """Which judge gave the scores: its architecture, weights fingerprint and test accuracy, for metrics.json."""
-    from pipeline.classifier import classifier_record
-    from pipeline.metrics import judge_fingerprint
 
     record = classifier_record(data)
     extra = {f"classifier_{k}": record[k] for k in ("balanced_test_accuracy", "min_accuracy", "bar_on") if k in record}
@@ -319,14 +180,10 @@ def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=
     """Sample with `pipe` (left untouched: a copy gets `scheduler`), score, write the three files, return metrics.
     `spec`: the training config (or data_spec) for data other than the IDX datasets; unlabelled data gets
     samples and speed only."""
-    from pipeline.classifier import get_classifier
-    from pipeline.metrics import get_reference, score_digits
-    from pipeline.schedulers import with_scheduler
-    from pipeline.visualisation import save_grid
 
     if num_samples < MIN_SAMPLES:
         raise UserError(f"--num_samples {num_samples} is too few to score; use at least {MIN_SAMPLES}")
-    out = _prepare(output_dir)
+    out = output_folder(output_dir)
     data, why_not = judge_for(spec, dataset, data_dir, pipe.autoencoder)
     if data is None:
         return _samples_only(pipe, out, spec, why_not, num_samples, batch_size, num_inference_steps, scheduler, seed)
@@ -337,7 +194,7 @@ def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=
     sampler = with_scheduler(pipe, scheduler)
 
     start = time.perf_counter()
-    images = sample_digits(sampler, num_samples, batch_size, num_inference_steps, seed)
+    images = sample_images(sampler, num_samples, batch_size, num_inference_steps, seed)
     seconds = time.perf_counter() - start
     np.savez_compressed(out / "samples.npz", images=images)
     save_grid(images[:100], out / "samples.png", nrow=10)
@@ -355,11 +212,9 @@ def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=
 
 def _samples_only(pipe, out, spec, reason, num_samples, batch_size, num_inference_steps, scheduler, seed) -> dict:
     """Samples, their grid and the sampling speed for unlabelled data, with the line saying why there is no FID."""
-    from pipeline.schedulers import with_scheduler
-    from pipeline.visualisation import save_grid
 
     start = time.perf_counter()
-    images = sample_digits(with_scheduler(pipe, scheduler), num_samples, batch_size, num_inference_steps, seed)
+    images = sample_images(with_scheduler(pipe, scheduler), num_samples, batch_size, num_inference_steps, seed)
     seconds = time.perf_counter() - start
     np.savez_compressed(out / "samples.npz", images=images)
     save_grid(images[:100], out / "samples.png", nrow=10)
@@ -378,13 +233,8 @@ def evaluate_autoencoder(autoencoder, output_dir, batch_size=1000, dataset="ylec
     """PSNR/SSIM of reconstructions of the first `num_samples` test images (None: all), and the judge's scores
     of as many reconstructed training images next to the floor at that size; writes metrics.json and
     reconstructions.png. Unlabelled data: PSNR/SSIM only, and the line saying why."""
-    from pipeline.classifier import get_classifier
-    from pipeline.image_data import load_images
-    from pipeline.latent_cache import encode_decode
-    from pipeline.metrics import get_reference, psnr_ssim
-    from pipeline.visualisation import reconstruction_figure
 
-    out = _prepare(output_dir)
+    out = output_folder(output_dir)
     data, why_not = judge_for(spec, dataset, data_dir, autoencoder)
     if data is not None:
         originals = data.load("test")[0]
@@ -421,7 +271,6 @@ def evaluate_autoencoder(autoencoder, output_dir, batch_size=1000, dataset="ylec
 
 
 def main(argv=None):
-    from pipeline.schedulers import check_steps, default_sampling
 
     args = parse_args(argv)
     path = Path(args.pipeline).expanduser()
@@ -436,7 +285,6 @@ def main(argv=None):
     if args.num_samples < MIN_SAMPLES:  # before loading anything
         raise UserError(f"--num_samples {args.num_samples} is too few to score; use at least {MIN_SAMPLES}")
     if kind == "autoencoder":
-        from pipeline.latent_cache import load_autoencoder
         return evaluate_autoencoder(load_autoencoder(path).to(device), out, batch_size=args.batch_size,
                                     dataset=dataset, data_dir=args.data_dir, num_samples=args.num_samples, spec=spec)
     pipe = load_pipeline(path, device)
@@ -449,7 +297,6 @@ def main(argv=None):
     except ValueError as e:
         raise UserError(str(e))
     if args.guidance_scales is not None:
-        from pipeline.guidance import guidance_sweep
         return guidance_sweep(pipe, out, args.guidance_scales, spec=spec, **settings)
     return evaluate_pipeline(pipe, out, spec=spec, **settings)
 

@@ -21,9 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.classifier import classifier_accuracy, get_classifier, predict
 from pipeline.errors import UserError
-from pipeline.evaluate import MIN_SAMPLES, _prepare, sample_digits
-from pipeline.schedulers import DEFAULT_SAMPLER, DEFAULT_STEPS
+from pipeline.judge_data import judge_for
+from pipeline.metrics import get_reference, score_digits
+from pipeline.sampling import MIN_SAMPLES, output_folder, sample_images
+from pipeline.schedulers import DEFAULT_SAMPLER, DEFAULT_STEPS, with_scheduler
+from pipeline.visualisation import plt, save_grid  # pyplot with the Agg backend, set there
 
 FLOOR_KEYS = ("fid", "kid", "precision", "recall", "density", "coverage", "kl_to_uniform", "mean_confidence")
 
@@ -60,11 +64,6 @@ def guidance_sweep(pipe, output_dir, guidance_scales, num_samples=10_000, num_in
                    scheduler=DEFAULT_SAMPLER, seed=0, batch_size=1000, dataset="ylecun/mnist", data_dir=None, spec=None) -> dict:
     """Sample and score `pipe` (left untouched: a copy gets `scheduler`) at each scale; write the files, return them.
     `spec`: the training config (or data_spec) for data other than the IDX datasets."""
-    from pipeline.classifier import classifier_accuracy, get_classifier, predict
-    from pipeline.evaluate import judge_for
-    from pipeline.schedulers import with_scheduler
-    from pipeline.metrics import get_reference, score_digits
-    from pipeline.visualisation import save_grid
 
     num_classes = num_classes_of(pipe)  # the checks first, before anything slow
     if num_samples < MIN_SAMPLES:
@@ -73,7 +72,7 @@ def guidance_sweep(pipe, output_dir, guidance_scales, num_samples=10_000, num_in
     data, why_not = judge_for(spec, dataset, data_dir, pipe.autoencoder)
     if data is None:
         raise UserError(f"--guidance_scales measures class accuracy with the judge: {why_not}")
-    out = _prepare(output_dir)
+    out = output_folder(output_dir)
     classifier = get_classifier(data, device=pipe.device)
     if classifier.config.num_labels != num_classes:
         raise UserError(f"the pipeline has {num_classes} classes but the {data.name} judge has "
@@ -85,7 +84,7 @@ def guidance_sweep(pipe, output_dir, guidance_scales, num_samples=10_000, num_in
     for scale in guidance_scales:
         print(f"guidance scale {scale:g}", flush=True)
         start = time.perf_counter()
-        images = sample_digits(sampler, num_samples, batch_size, num_inference_steps, seed, labels, scale)
+        images = sample_images(sampler, num_samples, batch_size, num_inference_steps, seed, labels, scale)
         seconds = time.perf_counter() - start
         save_grid(images[:100], out / f"samples_guidance_{scale:g}.png", nrow=10)
         scores = score_digits(images, classifier, reference)
@@ -117,8 +116,6 @@ def print_table(result: dict):
 
 def plot_guidance(result: dict, path):
     """Two panels against the guidance scale: FID, then class accuracy with precision and recall; dashed = real data."""
-    from pipeline.visualisation import plt  # pyplot with the Agg backend, set there
-
     rows, floor = result["scales"], result["floor"]
     x = [r["guidance_scale"] for r in rows]
     fig, (ax_fid, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.6))

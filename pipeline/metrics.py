@@ -30,6 +30,10 @@ import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from pipeline.classifier import JudgeFeatures, classifier_accuracy, classifier_dir, get_classifier, predict
+from pipeline.errors import UserError, run_cli
+from pipeline.judge_data import judge_data, run_judge_data
+
 REFERENCE_FILE = "reference.npz"
 FLOORS_FILE = "floors.json"
 FLOOR_SIZE = 10_000
@@ -172,7 +176,6 @@ class Reference:
 
 
 def _summary(images, classifier, reference: Reference) -> dict:
-    from pipeline.classifier import JudgeFeatures, predict
 
     feats, logits = predict(classifier, images)
     extractor = JudgeFeatures(classifier)
@@ -225,7 +228,6 @@ def _write_atomic(path, data: bytes):
 def get_reference(dataset="ylecun/mnist", data_dir=None, classifier=None) -> Reference:
     """Test-split statistics + the real-data floor for `dataset` (an IDX id or a JudgeData), cached beside the
     judge (tied to its weights)."""
-    from pipeline.classifier import JudgeFeatures, classifier_dir, get_classifier, judge_data, predict
 
     data = judge_data(dataset, data_dir)
     if classifier is None:
@@ -269,8 +271,6 @@ def get_reference(dataset="ylecun/mnist", data_dir=None, classifier=None) -> Ref
 def main(argv=None):
     import argparse
 
-    from pipeline.classifier import classifier_accuracy, get_classifier, judge_data
-    from pipeline.errors import UserError
     p = argparse.ArgumentParser(prog="python -m pipeline.metrics",
                                 description="What N real training images score against the test split, per N.")
     p.add_argument("--sizes", default="1000,2000,5000,10000", help="comma-separated sample sizes (10 to 10000)")
@@ -288,7 +288,6 @@ def main(argv=None):
         raise UserError(f"--sizes {args.sizes} must lie between 10 and {FLOOR_SIZE:,}; the floor uses the first "
                         f"{FLOOR_SIZE:,} training images")
     if args.pipeline is not None:
-        from pipeline.evaluate import run_judge_data
         data = run_judge_data(args.pipeline, args.dataset, args.data_dir)
     else:
         data = judge_data(args.dataset or "ylecun/mnist", args.data_dir)
@@ -305,5 +304,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from pipeline.errors import run_cli
     run_cli(main)

@@ -20,10 +20,12 @@ import torch
 from diffusers import UNet2DModel
 
 from pipeline.autoencoder import CABAutoencoder
-from pipeline.classifier import ACCURACY_FILE, ARCHITECTURE, build_classifier, dataset_key
+from pipeline.classifier import ACCURACY_FILE, ARCHITECTURE, build_classifier
 from pipeline.config import AutoencoderTrainConfig, DistillConfig, LatentDDPMTrainConfig, parse_config
 from pipeline.errors import UserError
-from pipeline.evaluate import evaluate_pipeline, sample_digits
+from pipeline.evaluate import evaluate_pipeline
+from pipeline.judge_data import dataset_key
+from pipeline.sampling import sample_images
 from pipeline.export import save_pipeline_folder
 from pipeline.guidance import cycling_labels, guidance_sweep, parse_scales
 from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
@@ -137,25 +139,25 @@ def test_build_unet_has_the_null_label_only_when_conditional():
 
 # ----------------------------------------------------------------------------- sampling for the sweep
 
-def test_sample_digits_hands_out_labels_batch_by_batch():
+def test_sample_images_hands_out_labels_batch_by_batch():
     pipe = tiny_pipe()
     labels = cycling_labels(20, 10)
     assert np.bincount(labels).tolist() == [2] * 10  # every class equally often
     seen = []
     hook = class_labels_seen(pipe.unet, seen)
     try:
-        images = sample_digits(pipe, 20, 8, 1, seed=0, class_labels=labels, guidance_scale=3.0)
+        images = sample_images(pipe, 20, 8, 1, seed=0, class_labels=labels, guidance_scale=3.0)
         assert images.shape == (20, 28, 28) and images.dtype == np.uint8
         assert [len(s) for s in seen] == [16, 16, 8]  # batches of 8, 8, 4; each doubled for guidance
         assert all((s[:len(s) // 2] == NULL_LABEL).all() for s in seen)  # the unconditional half
         assert torch.cat([s[len(s) // 2:] for s in seen]).tolist() == labels.tolist()
 
         seen.clear()  # scale 1: one conditional pass, no doubling
-        sample_digits(pipe, 20, 8, 1, seed=0, class_labels=labels, guidance_scale=1.0)
+        sample_images(pipe, 20, 8, 1, seed=0, class_labels=labels, guidance_scale=1.0)
         assert torch.cat(seen).tolist() == labels.tolist()
 
         seen.clear()  # no labels (what plain evaluation does): unconditional samples of a conditional model
-        again = sample_digits(pipe, 20, 8, 1, seed=0)
+        again = sample_images(pipe, 20, 8, 1, seed=0)
         assert all((s == NULL_LABEL).all() for s in seen) and again.shape == (20, 28, 28)
     finally:
         hook.remove()

@@ -157,7 +157,7 @@ def test_the_judge_follows_the_dataset_the_folder_was_trained_on(tmp_path, capsy
     """A Fashion-MNIST run scored without --dataset must get the Fashion judge, not MNIST's."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    from pipeline.evaluate import pick_dataset
+    from pipeline.judge_data import pick_dataset
 
     run = tmp_path / "run"
     run.mkdir()

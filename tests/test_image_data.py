@@ -218,7 +218,7 @@ def test_colour_folder_end_to_end_loads_with_plain_diffusers(tmp_path):
 
 
 def test_unlabelled_folder_has_no_labels_and_evaluation_says_fid_needs_them(tmp_path):
-    from pipeline.evaluate import judge_for, no_judge_line
+    from pipeline.judge_data import judge_for, no_judge_line
 
     for i in range(10):  # images at the top of the folder: no class subfolders, no labels
         picture("RGB", 8, i).save(tmp_path / f"{i}.png")
