@@ -8,7 +8,7 @@
                           MNIST and Fashion-MNIST ids keep their IDX path with its offline fallbacks.
 Images: the first `datasets.Image` column (or --image_column); 16-bit and 32-bit grayscale are scaled to 8 bits
 (`eight_bit`), never clipped. Labels, optional: in an image folder, the top-level subfolder each image lies in,
-at any depth, when there are two or more (`scan_folder`, which also says what it found in one line); in other
+at any depth, when there are two or more (`scan_folder`; `load_images` says what it found in one line); in other
 data, the first `ClassLabel` (or --label_column, whose strings become classes in sorted order); --label_column
 none reads any data without labels. Grayscale images come back as (N, H, W), colour ones as (N, 3, H, W).
 The test split is the dataset's own if it has one, else a fixed seeded hold-out of the training rows.
@@ -81,7 +81,8 @@ def load_images(split, spec, resolution=None, channels=None) -> ImageData:
     image_col, label_col = _columns(ds, spec, folder is not None)
     items = _raw_images(ds, image_col, spec)
     if folder is not None and label_col is None and not _no_labels(spec):
-        scan = scan_folder(folder, _where(spec))
+        scan = scan_folder(folder)
+        _say_once(scan.line(_where(spec)))
         labels, class_names = scan.labels_of(item.get("path") for item in items), scan.class_names
     else:
         labels, class_names = _column_labels(dsd, ds, label_col, spec)
@@ -154,7 +155,7 @@ def _image_folder(folder) -> Path:
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise UserError(f"--train_data_dir {folder} is not a folder; pass a folder of images (one subfolder per class)")
-    if not scan_folder(folder.resolve(), f"--train_data_dir {folder}", quiet=True).images:
+    if not scan_folder(folder.resolve()).images:
         raise UserError(f"--train_data_dir {folder} holds no images (.png, .jpg, ...); put the images there, "
                         "in one subfolder per class for labels")
     return folder.resolve()
@@ -197,9 +198,9 @@ class FolderScan:
 
 
 @functools.lru_cache(maxsize=16)
-def scan_folder(root: Path, where: str, quiet=False) -> FolderScan:
-    """Walk `root` (hidden files and folders left out, symlinks not followed) and apply the label rule; says what it
-    found in one line, once per process and folder."""
+def scan_folder(root: Path) -> FolderScan:
+    """Walk `root` (hidden files and folders left out, symlinks not followed) and apply the label rule; once per
+    process and folder."""
     extensions, images, skipped = _image_extensions(), [], []
     for top, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -219,10 +220,13 @@ def scan_folder(root: Path, where: str, quiet=False) -> FolderScan:
         why = f"one class subfolder ({tops[0]}): labels need two or more"
     else:
         class_names = tops
-    scan = FolderScan(root, images, skipped, class_names, why)
-    if images and not quiet:
-        print(scan.line(where), flush=True)
-    return scan
+    return FolderScan(root, images, skipped, class_names, why)
+
+
+@functools.lru_cache(maxsize=None)
+def _say_once(line: str):
+    """Print `line` the first time it comes up in this process (the train and test splits are read apart)."""
+    print(line, flush=True)
 
 
 def _split(dsd, split, spec):
