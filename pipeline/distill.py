@@ -206,8 +206,8 @@ def main(argv):
     if conditional and labels is None:
         raise UserError(f"the teacher {cfg.teacher} is class-conditional, but {describe_source(cfg)} has no labels; "
                         "pass the data it was trained on (--dataset, --data_dir or --train_data_dir)")
-    training.BatchOrder(len(images), cfg.train_batch_size, cfg.seed, accelerator.process_index,
-                        accelerator.num_processes)  # a batch larger than the data: refused before any write
+    order = training.BatchOrder(len(images), cfg.train_batch_size, cfg.seed, accelerator.process_index,
+                                accelerator.num_processes, accelerator.device)  # too large a batch: refused before writing
     clock.lap("data and latents")
     training.lock_output_dir(accelerator, out)
     ae_print = autoencoder_fingerprint(autoencoder)
@@ -237,8 +237,6 @@ def main(argv):
 
     # 3. Resume, then train to exactly max_train_steps.
     step = training.resume(accelerator, cfg, optimizer, lr_scheduler)
-    order = training.BatchOrder(len(latents), cfg.train_batch_size, cfg.seed,
-                                accelerator.process_index, accelerator.num_processes, latents.device)
     loss_log = training.LossLog(out / "loss.csv", step, accelerator.is_main_process)
     stop = training.StopRequest()
     meter = training.LossMeter(accelerator, cfg, step)
