@@ -30,7 +30,7 @@ def count(ae_args=(), ddpm_args=()):
     """GFLOP per digit of one UNet call, one decode and one encode, and the parameter counts."""
     from pipeline.autoencoder import CABAutoencoder
     from pipeline.config import AutoencoderTrainConfig, LatentDDPMTrainConfig, parse_config
-    from train_latent_ddpm import build_unet
+    from pipeline.latent_training import build_unet
 
     ae_cfg = parse_config(AutoencoderTrainConfig, ["--config", str(REPO / AE_CONFIG), *ae_args])
     ddpm_cfg = parse_config(LatentDDPMTrainConfig, ["--config", str(REPO / DDPM_CONFIG), *ddpm_args])

@@ -20,6 +20,7 @@ import yaml
 from .errors import UserError, first_line
 
 SECRET_KEYS = {"hub_token"}  # never written to disk or logged
+DEFAULT_DATASET = "ylecun/mnist"
 
 
 def option(default=dataclasses.MISSING, help="", *, factory=dataclasses.MISSING):
@@ -32,7 +33,7 @@ class TrainConfig:
     """Options both training scripts share; names follow diffusers' example scripts."""
 
     output_dir: str = option("runs/default", "the run folder: model, pictures, logs, checkpoints")
-    dataset: str = option("ylecun/mnist", "Hub image dataset id (uoft-cs/cifar10, zalando-datasets/fashion_mnist, a "
+    dataset: str = option(DEFAULT_DATASET, "Hub image dataset id (uoft-cs/cifar10, zalando-datasets/fashion_mnist, a "
                           "local folder of Parquet files) or emoji-datasource-google (offline colour, from npm)")
     data_dir: Optional[str] = option(None, "folder with the four IDX files: skips the Hub entirely")
     train_data_dir: Optional[str] = option(None, "a local image folder (datasets' imagefolder); class subfolders become labels")
@@ -86,6 +87,9 @@ class TrainConfig:
             raise UserError(f"resolution must be >= 1 or null (native size), got {self.resolution}")
         if self.data_dir is not None and self.train_data_dir is not None:
             raise UserError("pass either data_dir (IDX files) or train_data_dir (an image folder), not both")
+        if self.train_data_dir is not None and self.dataset != DEFAULT_DATASET:
+            raise UserError(f"pass either --train_data_dir (an image folder) or --dataset (a Hub id or Parquet folder), "
+                            f"not both: got --train_data_dir {self.train_data_dir} and --dataset {self.dataset}")
         if self.lr_warmup_steps < 0:
             raise UserError(f"lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
@@ -102,6 +106,14 @@ class TrainConfig:
         names = [s.value for s in SchedulerType]
         if self.lr_scheduler not in names:
             raise UserError(f"lr_scheduler {self.lr_scheduler!r} is unknown; choose one of {', '.join(names)}")
+
+
+def check_eval_num_samples(n):
+    """Refused at the start, not after training: too few samples to score is known before any step."""
+    from .sampling import MIN_SAMPLES
+
+    if n != 0 and not n >= MIN_SAMPLES:
+        raise UserError(f"eval_num_samples must be 0 (no scores) or at least {MIN_SAMPLES}, got {n}")
 
 
 @dataclass
@@ -121,9 +133,13 @@ class AutoencoderTrainConfig(TrainConfig):
     autoencoder: AutoencoderModelConfig = option(factory=AutoencoderModelConfig, help="the architecture")
     tsne_num_points: int = option(10000, "t-SNE of the full test split; lower it for a faster CPU run")
     max_eval_samples: Optional[int] = option(None, "PSNR/SSIM over the full test split unless set (quick tests)")
+    max_resolution: Optional[int] = option(None, "larger images are resized down to this side unless --resolution "
+                                           "is set (the quick configs: minutes on a CPU); null: no cap")
 
     def validate(self):
         super().validate()
+        if self.max_resolution is not None and self.max_resolution < 8:
+            raise UserError(f"max_resolution must be >= 8 or null (no cap), got {self.max_resolution}")
         ae = self.autoencoder
         if len(ae.block_out_channels) < 2:
             raise UserError("autoencoder.block_out_channels needs >= 2 entries (each extra one halves the size)")
@@ -149,7 +165,8 @@ class UNetConfig:
 @dataclass
 class LatentDDPMTrainConfig(TrainConfig):
     output_dir: str = option("runs/latent_ddpm", "the run folder: it ends up a complete pipeline folder")
-    autoencoder: str = option("runs/autoencoder", "trained autoencoder folder or Hub id")
+    autoencoder: Optional[str] = option(None, "a trained autoencoder folder or Hub id; null: train one first, then "
+                                        "this model, then (--student_steps) a student: the one command (pipeline/stages.py)")
     unet: UNetConfig = option(factory=UNetConfig, help="the denoiser")
     learning_rate: float = option(2e-4, "peak learning rate after warmup")
     ddpm_num_steps: int = option(1000, "training timesteps of the noise schedule")
@@ -204,8 +221,7 @@ class LatentDDPMTrainConfig(TrainConfig):
             raise UserError(f"conditioning must be none or class, got {self.conditioning!r}")
         if not 0 <= self.class_dropout < 1:
             raise UserError(f"class_dropout must be in [0, 1), got {self.class_dropout}")
-        if self.eval_num_samples < 0:
-            raise UserError(f"eval_num_samples must be >= 0, got {self.eval_num_samples}")
+        check_eval_num_samples(self.eval_num_samples)
         if not self.eval_guidance_scale >= 0:
             raise UserError(f"eval_guidance_scale must be >= 0 (1: no guidance), got {self.eval_guidance_scale}")
         if self.ddpm_num_steps < 2 or self.num_inference_steps < 1 or self.save_images_steps < 1:
@@ -251,8 +267,9 @@ class DistillConfig(TrainConfig):
             raise UserError(f"guidance_scale must be >= 1 (1: no guidance), got {self.guidance_scale}")
         if not 0 <= self.class_dropout < 1 or not 0 <= self.ema_decay < 1 or self.huber_c <= 0:
             raise UserError("class_dropout and ema_decay must be in [0, 1) and huber_c > 0")
-        if self.eval_num_samples < 0 or self.save_images_steps < 1:
-            raise UserError("eval_num_samples must be >= 0 and save_images_steps >= 1")
+        check_eval_num_samples(self.eval_num_samples)
+        if self.save_images_steps < 1:
+            raise UserError(f"save_images_steps must be >= 1, got {self.save_images_steps}")
         bad = [s for s in self.eval_steps if not isinstance(s, int) or not 1 <= s <= self.num_ddim_timesteps]
         if not 1 <= self.default_steps <= self.num_ddim_timesteps:
             bad.append(self.default_steps)
@@ -359,9 +376,9 @@ def _merge(base: dict, over: dict):
     return base
 
 
-def parse_config(cls, argv):
-    """Build a validated `cls` from `--config FILE` and `--key value` pairs in argv.
-    `--help` prints every option with its reason and `--dry_run` the resolved config; both then exit."""
+def read_options(argv, cls=None):
+    """The options `argv` sets, as a nested dict (`--config` files merged in order, then `--key value` pairs),
+    and whether `--dry_run` was passed. `--help` prints `cls`'s options and exits."""
     values, overrides, i, dry_run = {}, {}, 0, False
     argv = list(argv)
     while i < len(argv):
@@ -379,22 +396,51 @@ def parse_config(cls, argv):
         if key == "config":
             if bare:
                 raise UserError("--config needs a value: a YAML file such as configs/latent_ddpm_quick.yaml")
-            values = _merge(values, _read_yaml(raw))
+            values = _merge(values, read_yaml(raw))
             continue
         if key == "dry_run":
             dry_run = bare or _check_type("dry_run", _CommandLineValue(raw).parsed(), bool)
             continue
         # A bare flag (`--push_to_hub`) means true, as in diffusers' scripts; other types then complain.
         _set_nested(overrides, key, _CommandLineValue("true", bare=True) if bare else _CommandLineValue(raw))
-    cfg = _build(cls, _merge(values, overrides))
+    return _merge(values, overrides), dry_run
+
+
+def option_value(values: dict, key):
+    """The value `values` (from `read_options`) holds for a top-level `key`, parsed; None when it is not set."""
+    value = values.get(key)
+    return value.parsed() if isinstance(value, _CommandLineValue) else value
+
+
+def build_config(cls, values: dict):
+    """A validated `cls` from nested option values (YAML values, or command-line text)."""
+    cfg = _build(cls, values)
     cfg.validate()
+    return cfg
+
+
+def merge_options(*layers: dict) -> dict:
+    """Option dicts merged left to right (later wins, groups such as `unet` key by key); the inputs are kept."""
+    import copy
+
+    merged = {}
+    for layer in layers:
+        _merge(merged, copy.deepcopy(layer))
+    return merged
+
+
+def parse_config(cls, argv):
+    """Build a validated `cls` from `--config FILE` and `--key value` pairs in argv.
+    `--help` prints every option with its reason and `--dry_run` the resolved config; both then exit."""
+    values, dry_run = read_options(argv, cls)
+    cfg = build_config(cls, values)
     if dry_run:  # what the run would use, nothing more: no folder, no data, no model
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         raise SystemExit(0)
     return cfg
 
 
-def _read_yaml(path):
+def read_yaml(path):
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config file {path} not found; pass --config configs/<name>.yaml")

@@ -181,8 +181,12 @@ def log_grids(accelerator, cfg, student, autoencoder, scheduler, step):
 
 
 def main(argv):
+    train(parse_config(DistillConfig, argv))
+
+
+def train(cfg):
+    """One run of this stage with the resolved options `cfg`."""
     clock = training.Stopwatch()
-    cfg = parse_config(DistillConfig, argv)
     accelerator = training.make_accelerator(cfg)
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING)
     logging.getLogger("accelerate").setLevel(logging.WARNING)
@@ -277,7 +281,7 @@ def main(argv):
                                 cfg.default_steps, cfg.default_timesteps, teacher_pipe.class_names)
         finish(pipe, cfg, out, loss_log, clock, stop, teacher_train_seconds(cfg.teacher))
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    training.end_training(accelerator)
 
 
 def check_on_grid(default_timesteps, grid):

@@ -66,15 +66,16 @@ def is_idx(spec) -> bool:
     return spec.data_dir is not None or (spec.train_data_dir is None and spec.dataset in IDX_DATASETS)
 
 
-def load_images(split, spec, resolution=None, channels=None) -> ImageData:
+def load_images(split, spec, resolution=None, channels=None, max_side=None) -> ImageData:
     """The `split` ("train" or "test") of the data `spec` names, at `resolution` x `resolution` (None: the most
-    common native size) with `channels` (None: 1 if every image is grayscale, else 3)."""
+    common native size, resized down to `max_side` when larger) with `channels` (None: 1 if every image is
+    grayscale, else 3)."""
     if split not in ("train", "test"):
         raise UserError(f"unknown split {split!r}; use 'train' or 'test'")
     if is_idx(spec):
         images, labels = load_digits(split, spec.dataset, spec.data_dir)
         data = ImageData(images, labels, None, "the dataset's own test split (t10k)")
-        return _shaped(data, resolution, channels or 1, spec)
+        return _shaped(data, resolution or _capped(images.shape[-1], max_side, spec), channels or 1, spec)
     folder = _source_folder(spec)
     dsd = _load(spec, folder)
     ds, test_split = _split(dsd, split, spec)
@@ -95,9 +96,20 @@ def load_images(split, spec, resolution=None, channels=None) -> ImageData:
             raise UserError(f"the images of {_where(spec)} are {resolution}x{resolution} pixels, smaller than the "
                             f"{MIN_SIDE}x{MIN_SIDE} the models take; use larger images, or pass --resolution "
                             f"{MIN_SIDE} (or 16, 32) to enlarge them")
+        resolution = _capped(resolution, max_side, spec)
     arrays = [picture_array(im, channels, spec.background, resolution) for im in pictures]
     images = np.stack(arrays)
     return ImageData(images[:, 0] if channels == 1 else images, labels, class_names, test_split)
+
+
+def _capped(native, max_side, spec) -> int:
+    """The native side, or `max_side` (said once) when the images are larger."""
+    if max_side is None or native <= max_side:
+        return native
+    _say_once(f"note: the images of {_where(spec)} are {native}x{native}; training at {max_side}x{max_side} "
+              f"(max_resolution {max_side}); pass --resolution {native} for the native size, at about "
+              f"{(native / max_side) ** 2:.0f}x the cost")
+    return max_side
 
 
 def _where(spec) -> str:

@@ -39,6 +39,8 @@ def make_accelerator(cfg) -> Accelerator:
     if cfg.mixed_precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise UserError("this GPU has no bf16; use --mixed_precision fp16 or no")
     project = ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=os.path.join(cfg.output_dir, cfg.logging_dir))
+    atexit.unregister(_end_process_group)  # once, however many stages this process runs
+    atexit.register(_end_process_group)
     return Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -48,6 +50,20 @@ def make_accelerator(cfg) -> Accelerator:
         # every process trains alone; with it, processes join one gloo group.
         cpu=not cuda,
     )
+
+
+def end_training(accelerator):
+    """End the trackers (TensorBoard flushes). The process group stays until the process exits (see
+    make_accelerator): the one command runs its next stage in it."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
+
+
+def _end_process_group():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def announce(accelerator, cfg):
@@ -510,7 +526,7 @@ def exit_after_signal(accelerator, checkpoint, signum):
                "run the same command with --resume_from_checkpoint latest to continue")
     if accelerator.is_main_process:
         tqdm.write(message)
-    accelerator.end_training()
+    end_training(accelerator)
     raise SystemExit(128 + (signum or 15))
 
 

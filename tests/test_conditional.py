@@ -8,7 +8,6 @@ Already covered elsewhere, so not repeated here: the conditional pipeline's coun
 and CFG against a hand-written loop (test_pipeline.py), Fashion-MNIST from Debian's folder (test_data.py).
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -29,6 +28,7 @@ from pipeline.sampling import sample_images
 from pipeline.export import save_pipeline_folder
 from pipeline.guidance import cycling_labels, guidance_sweep, parse_scales
 from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
+from pipeline import latent_training
 from pipeline.schedulers import make_train_scheduler
 
 from conftest import REPO
@@ -39,14 +39,6 @@ ROW_KEYS = {"guidance_scale": float, "class_accuracy": float, "per_class_accurac
             "class_histogram": list, "sampling_seconds": float}
 FLOOR_KEYS = {"fid", "kid", "precision", "recall", "density", "coverage", "kl_to_uniform", "mean_confidence",
               "class_accuracy"}
-
-
-def _train_script():
-    """train_latent_ddpm.py as a module, however pytest was started."""
-    spec = importlib.util.spec_from_file_location("train_latent_ddpm", REPO / "train_latent_ddpm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def tiny_unet(num_class_embeds=None):
@@ -103,7 +95,7 @@ def run_evaluate(*args, cache=None):
 
 @pytest.mark.parametrize("class_dropout", [0.3, 0.0])
 def test_loss_fn_drops_labels_at_the_configured_rate(class_dropout):
-    script = _train_script()
+    script = latent_training
     cfg = parse_config(LatentDDPMTrainConfig, ["--conditioning", "class", "--class_dropout", str(class_dropout)])
     unet = tiny_unet(NULL_LABEL + 1)
     n = 2000
@@ -128,7 +120,7 @@ def test_loss_fn_drops_labels_at_the_configured_rate(class_dropout):
 
 
 def test_build_unet_has_the_null_label_only_when_conditional():
-    script = _train_script()
+    script = latent_training
     autoencoder = CABAutoencoder(block_out_channels=(8, 8, 8), layers_per_block=1, norm_num_groups=4, reduction=4)
     small = ["--unet.block_out_channels", "[8, 16]", "--unet.norm_num_groups", "4", "--unet.attention_head_dim", "8",
              "--unet.down_block_types", "[DownBlock2D, DownBlock2D]", "--unet.up_block_types", "[UpBlock2D, UpBlock2D]"]

@@ -99,3 +99,17 @@ def test_sigterm_to_one_of_two_processes_checkpoints_and_stops_both(mnist_dir, t
     log = launch("torchrun", "train_latent_ddpm.py", args + ["--max_train_steps", str(step + 5),
                                                              "--resume_from_checkpoint", "latest"])
     assert "resumed from" in log and "weights identical on all 2 processes" in log
+
+
+def test_the_one_command_runs_its_stages_on_two_processes(tmp_path):
+    """`accelerate launch train_latent_ddpm.py --train_data_dir DIR` with no --autoencoder: every stage trains on
+    both processes, each waits for the main process to finish the last, and both end in one process group."""
+    from test_image_data import colour_folder
+    from test_one_command import TINY
+
+    folder = colour_folder(tmp_path / "pics", n_per_class=16)
+    log = launch("accelerate", "train_latent_ddpm.py", ["--train_data_dir", str(folder), "--output_dir",
+                                                        str(tmp_path / "run"), *TINY])
+    assert log.count("training on 2 process(es)") == 3 and log.count("weights identical on all 2 processes") == 3, log[-4000:]
+    assert f"made in {tmp_path / 'run'}" in log
+    assert (tmp_path / "run" / "student" / "model_index.json").is_file()

@@ -318,9 +318,10 @@ def test_min_snr_weights_each_sample_by_its_noise_level(schedule, target):
 
     from pipeline.config import LatentDDPMTrainConfig, parse_config
     from pipeline.schedulers import make_train_scheduler
-    from test_conditional import _train_script, tiny_unet
+    from test_conditional import tiny_unet
+    from pipeline import latent_training
 
-    script, unet = _train_script(), tiny_unet()
+    script, unet = latent_training, tiny_unet()
     scheduler = make_train_scheduler(1000, schedule, target)
     latents = torch.randn(12, 4, 8, 8, generator=torch.Generator().manual_seed(0))
 
