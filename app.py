@@ -213,24 +213,24 @@ def build_demo(pipe, class_names=None, subject="images", background="white") -> 
     return demo.queue(default_concurrency_limit=1, max_size=100)
 
 
-def load(spec, device):
+def load(where, device):
     """The pipeline at a folder or Hub id, or a one-line UserError saying what is wrong and what to do."""
-    path = Path(spec).expanduser()
+    path = Path(where).expanduser()
     make_one = f"make one with `make demo` (it writes {DEMO_PIPELINE}) or pass --pipeline FOLDER_OR_HUB_ID"
     if path.exists():
         if not (path / "model_index.json").is_file():
-            raise UserError(f"--pipeline {spec} is not a pipeline folder (no model_index.json); {make_one}")
+            raise UserError(f"--pipeline {where} is not a pipeline folder (no model_index.json); {make_one}")
     else:  # a Hub model id, if it can be one and the Hub answers
         from huggingface_hub.utils import HFValidationError, validate_repo_id
 
         try:
-            validate_repo_id(str(spec))
+            validate_repo_id(str(where))
         except HFValidationError:
-            raise UserError(f"--pipeline {spec}: no such folder; {make_one}")
+            raise UserError(f"--pipeline {where}: no such folder; {make_one}")
         problem = hub_unavailable()
         if problem:
-            raise UserError(f"--pipeline {spec}: no such folder here, and the Hub cannot be asked ({problem}); {make_one}")
-    pipe = load_pipeline(spec, device)  # UserError if it does not load
+            raise UserError(f"--pipeline {where}: no such folder here, and the Hub cannot be asked ({problem}); {make_one}")
+    pipe = load_pipeline(where, device)  # UserError if it does not load
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

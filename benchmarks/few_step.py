@@ -133,7 +133,7 @@ def main(argv=None):
     results, grids = [], []
     for label, model, spec, steps in cells(args):
         cell, digits = measure_cell(samplers[model], spec, steps, args, classifier, reference)
-        timesteps = samplers[model].pipe._default_timesteps(steps) if spec == "lcm" else None  # a folder's own
+        timesteps = samplers[model].pipe._student_timesteps(steps, None) if spec == "lcm" else None  # a folder's own
         results.append({"label": label, "model": model, "scheduler": spec, "steps": steps, "timesteps": timesteps,
                         **cell})
         grids.append(digits)

@@ -27,8 +27,10 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
 
-from pipeline.data import to_digits, to_model_input
+from pipeline.autoencoder import ImageProcessor
 from pipeline.schedulers import make_scheduler
+
+DIGITS = ImageProcessor(28)  # 28x28 digits in 32x32 inputs, padded with background as the latent model's are
 
 UNET = dict(sample_size=32, in_channels=1, out_channels=1, block_out_channels=(64, 128, 256), layers_per_block=2,
             down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
@@ -84,7 +86,7 @@ class PixelDDPM:
         for t in sched.timesteps:  # the loop of diffusers' DDPMPipeline, for any scheduler
             eps = self.unet(sched.scale_model_input(x, t), t).sample
             x = sched.step(eps, t, x, **({"generator": generator} if accepts_generator else {})).prev_sample
-        digits = to_digits(x)[:, 0]  # crop the 2-pixel padding, map [-1, 1] to [0, 1]
+        digits = DIGITS.postprocess(x)[:, 0]  # crop the 2-pixel padding, map [-1, 1] to [0, 1]
         return (digits * 255).round().to(torch.uint8).cpu().numpy()
 
 
@@ -107,7 +109,7 @@ def train(images_uint8, seconds, device, unet_overrides=None, compile=True, seed
     torch.manual_seed(seed)
     unet = build_unet(**(unet_overrides or {})).to(device).train()
     scheduler = DDPMScheduler(num_train_timesteps=h["num_train_timesteps"])
-    data = to_model_input(images_uint8).to(device)  # the whole split on the device: (N, 1, 32, 32) in [-1, 1]
+    data = DIGITS.preprocess(images_uint8).to(device)  # the whole split on the device: (N, 1, 32, 32) in [-1, 1]
     optimizer = torch.optim.AdamW(unet.parameters(), lr=h["learning_rate"], betas=h["adam_betas"],
                                   weight_decay=h["weight_decay"], eps=h["adam_eps"], fused=cuda)
     ema = EMAModel(unet.parameters(), decay=h["ema_max_decay"], use_ema_warmup=True, inv_gamma=h["ema_inv_gamma"],

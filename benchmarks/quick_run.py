@@ -105,7 +105,7 @@ def report(r: dict, name: str) -> str:
                   f"{ae.get('fid_reconstructed', float('nan')):.2f}) |",
                   f"| precision / recall (floor) | {p['precision']:.3f} / {p['recall']:.3f} "
                   f"({p['precision_floor']:.3f} / {p['recall_floor']:.3f}) |",
-                  f"| sampling speed | {p['digits_per_second']:.1f} images/s ({p['scheduler']}, "
+                  f"| sampling speed | {p['images_per_second']:.1f} images/s ({p['scheduler']}, "
                   f"{p['num_inference_steps']} steps) |"]
     elif p:
         lines.append(f"| FID | not measured: {p.get('not_scored')} |")

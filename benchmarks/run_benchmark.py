@@ -85,9 +85,9 @@ def run_project(args, profile, device, judge):
 
 
 def run_baseline(args, profile, device, judge, seconds):
-    from pipeline.data import load_digits
+    from pipeline.data import load_idx_dataset
 
-    images, _ = load_digits("train", data_dir=args.data_dir)
+    images, _ = load_idx_dataset("train", data_dir=args.data_dir)
     images = images[:profile["baseline_train_images"]]
     print(f"\n== pixel DDPM baseline: training for {seconds:.0f} s on {len(images)} digits", flush=True)
     sampler, training = pixel_ddpm.train(images, seconds, device, unet_overrides=profile["baseline_unet"],

@@ -132,13 +132,13 @@ def sample_many(sampler, num_samples, batch_size, steps, scheduler, seed=0):
 
 def quality(sampler, runs, batch_size, classifier, reference, seed=0):
     """Score each (scheduler, steps, num_samples) run; return ({"dpm_20": scores, ...}, {run: first 100 digits})."""
-    from pipeline.metrics import score_digits
+    from pipeline.metrics import score_images
 
     results, grids = {}, {}
     for scheduler, steps, num_samples in runs:
         key = f"{scheduler}_{steps}"
         digits, seconds = sample_many(sampler, num_samples, min(batch_size, num_samples), steps, scheduler, seed)
-        scores = score_digits(digits, classifier, reference)
+        scores = score_images(digits, classifier, reference)
         results[key] = {k: scores[k] for k in QUALITY_KEYS}
         results[key].update(scheduler=scheduler, num_inference_steps=steps, batch_size=min(batch_size, num_samples),
                             sampling_seconds=seconds, digits_per_s=num_samples / seconds,

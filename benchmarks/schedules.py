@@ -97,7 +97,7 @@ def score_variant(folder, args, device):
         m = evaluate_pipeline(pipe, folder / f"eval_{scheduler}_{steps}", num_samples=n, num_inference_steps=steps,
                               scheduler=scheduler, seed=args.seed, batch_size=min(n, 1000), data_dir=args.data_dir)
         scores[f"{scheduler}_{steps}"] = {k: m[k] for k in ("fid", "precision", "recall", "kl_to_uniform", "mean_confidence",
-                                                             "num_samples", "digits_per_second", "fid_floor",
+                                                             "num_samples", "images_per_second", "fid_floor",
                                                              "floor_num_samples")}
         if digits is None or steps == 20:
             with np.load(folder / f"eval_{scheduler}_{steps}" / "samples.npz") as z:

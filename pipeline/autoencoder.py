@@ -74,6 +74,48 @@ def _stage(in_ch, out_ch, n, reduction, groups):
     return nn.Sequential(*[ResidualCAB(in_ch if i == 0 else out_ch, out_ch, reduction, groups) for i in range(n)])
 
 
+class ImageProcessor:
+    """Image geometry, in one place: `image_size` x `image_size` images go to the models centred in
+    `sample_size` x `sample_size` inputs in [-1, 1], padded with the background (-1; the odd pixel after), and come
+    back cropped, in [0, 1]. `CABAutoencoder.image_processor` builds it from the autoencoder's config, so the data
+    loading, the latent cache, the pipeline, the evaluation and the web demo pad and crop alike."""
+
+    def __init__(self, image_size: int, sample_size: int | None = None, multiple: int = 8):
+        self.image_size = image_size
+        self.sample_size = sample_size or -(-image_size // multiple) * multiple  # the next multiple: 28 -> 32
+        self.top = (self.sample_size - image_size) // 2
+
+    @staticmethod
+    def size_multiple(num_levels: int) -> int:
+        """Model sides are multiples of this for an autoencoder of `num_levels` levels: it halves num_levels - 1
+        times and the UNet at least once more (at least 8, so 28x28 digits are padded to 32x32)."""
+        return max(8, 2 ** num_levels)
+
+    def preprocess(self, images) -> torch.Tensor:
+        """uint8 (N, H, W) or (N, C, H, W) in 0-255, or float in [0, 1] -> float (N, C, sample_size, sample_size)
+        in [-1, 1], padded."""
+        x = torch.as_tensor(images)
+        if x.ndim == 3:
+            x = x.unsqueeze(1)
+        if x.dtype == torch.uint8:
+            x = x.float() / 127.5 - 1.0
+        elif x.is_floating_point():
+            x = x * 2 - 1
+        else:
+            raise TypeError(f"images must be uint8 (0-255) or float in [0, 1], got {x.dtype}")
+        if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+            raise ValueError(f"images are {tuple(x.shape[-2:])}, not the {self.image_size}x{self.image_size} this "
+                             "autoencoder takes")
+        pad = (self.top, self.sample_size - self.image_size - self.top)
+        return F.pad(x, pad * 2, value=-1.0)
+
+    def postprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """float (N, C, sample_size, sample_size) in about [-1, 1] -> (N, C, image_size, image_size) in [0, 1]:
+        clamp, rescale, crop the padding."""
+        x = (x.clamp(-1, 1) + 1) / 2
+        return x[..., self.top:self.top + self.image_size, self.top:self.top + self.image_size]
+
+
 class CABAutoencoder(ModelMixin, ConfigMixin):
     """Encoder: conv, [CAB blocks, stride-2 conv] per level, conv to latent channels.
     Decoder: the mirror image with nearest-neighbour upsampling."""
@@ -114,6 +156,10 @@ class CABAutoencoder(ModelMixin, ConfigMixin):
                 dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)]
         dec += [nn.GroupNorm(g, rev[-1]), nn.SiLU(), nn.Conv2d(rev[-1], in_channels, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
+
+    @property
+    def image_processor(self) -> ImageProcessor:
+        return ImageProcessor(self.config.image_size, self.config.sample_size)
 
     @property
     def latent_size(self) -> int:

@@ -18,18 +18,16 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
 
-from . import training, visualisation
-from .autoencoder import CABAutoencoder
+from . import checkpoints, training, visualisation
+from .autoencoder import CABAutoencoder, ImageProcessor
 from .config import AutoencoderTrainConfig, parse_config, save_config
-from .data import model_size, to_digits, to_model_input
 from .errors import UserError
 from .image_data import load_images, write_data_record
 from .latent_cache import encode_decode, encode_images
 from .metrics import psnr_ssim
-from .progress import progress
 
 logger = logging.getLogger("train_autoencoder")
-# Besides training.RESUME_FIXED: the autoencoder's shape. A resume with it changed would fail or train another model.
+# Besides checkpoints.RESUME_FIXED: the autoencoder's shape. A resume with it changed would fail or train another model.
 RESUME_FIXED = ("autoencoder",)
 
 
@@ -49,7 +47,7 @@ def train(cfg):
 
     # 1. Data, read and checked before the run folder is touched: data the system cannot take is refused with
     #    nothing written. The whole split lives on the device as one tensor; no dataloader needed.
-    sample_size = check_resolution(cfg)
+    check_resolution(cfg)
     train = load_images("train", cfg, cfg.resolution, cfg.channels, max_side=cfg.max_resolution)
     test = load_images("test", cfg, train.images.shape[-1], train.channels)
     train_images, _ = training.first_samples(accelerator, cfg, train.images)
@@ -58,14 +56,15 @@ def train(cfg):
     test_images = test.images[:cfg.max_eval_samples]
     test_labels = None if test.labels is None else test.labels[:cfg.max_eval_samples]
     image_size = train_images.shape[-1]
-    sample_size = sample_size or model_size(image_size, pad_multiple(cfg))
-    train_x = to_model_input(train_images, sample_size).to(accelerator.device)
-    held_out = to_model_input(test_images[:256], sample_size).to(accelerator.device)
+    processor = ImageProcessor(image_size, multiple=pad_multiple(cfg))  # the native size, padded (28 -> 32)
+    sample_size = processor.sample_size
+    train_x = processor.preprocess(train_images).to(accelerator.device)
+    held_out = processor.preprocess(test_images[:256]).to(accelerator.device)
     clock.lap("data")
 
-    training.lock_output_dir(accelerator, out)  # one run per folder, held until this process ends
-    record = training.run_record(accelerator, cfg, RESUME_FIXED)
-    training.check_output_dir(cfg, record)  # before anything is written: the checkpoints there are this run's
+    checkpoints.lock_output_dir(accelerator, out)  # one run per folder, held until this process ends
+    record = checkpoints.run_record(accelerator, cfg, RESUME_FIXED)
+    checkpoints.check_output_dir(cfg, record)  # before anything is written: the checkpoints there are this run's
     if accelerator.is_main_process:
         save_config(cfg, out / "training_config.yaml")
         write_data_record(out, cfg, train, test, image_size, sample_size)
@@ -77,42 +76,20 @@ def train(cfg):
                            image_size=image_size)
     model, train_model, optimizer, lr_scheduler = training.prepare(accelerator, cfg, model, "autoencoder")
 
-    # 3. Resume, then train to exactly max_train_steps.
-    step = training.resume(accelerator, cfg, optimizer, lr_scheduler)
-    loss_log = training.LossLog(out / "loss.csv", step, accelerator.is_main_process)
-    stop = training.StopRequest()
-    meter = training.LossMeter(accelerator, cfg, step)
-    clock.lap("set-up")
-    bar = progress(cfg.max_train_steps, step, desc="autoencoder", disable=not accelerator.is_main_process)
-    while step < cfg.max_train_steps:
-        model.train()
-        for micro in range(cfg.gradient_accumulation_steps):
-            k = step * cfg.gradient_accumulation_steps + micro
-            x = train_x[order(k)]
-            if cfg.random_flip:  # each image mirrored with probability 1/2, from this step's own generator
-                gen = training.step_generator(cfg.seed, k, accelerator.process_index, accelerator.device)
-                flip = torch.rand(len(x), generator=gen, device=x.device) < 0.5
-                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            with accelerator.accumulate(model), accelerator.autocast():
-                loss = F.mse_loss(train_model(x).float(), x)
-                training.optimizer_step(accelerator, model, optimizer, lr_scheduler, loss, cfg.max_grad_norm)
-        step += 1
-        meter.add(loss, step)
+    # 3. Resume, then train to exactly max_train_steps (pipeline/training.py's loop).
+    def batch_loss(k, gen):
+        x = train_x[order(k)]
+        if cfg.random_flip:  # each image mirrored with probability 1/2, from this step's own generator
+            flip = torch.rand(len(x), generator=gen, device=x.device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return F.mse_loss(train_model(x).float(), x)
 
-        if step % cfg.logging_steps == 0 or step == cfg.max_train_steps:
-            mean_loss, rate = meter.summary(step)
-            logs = {"loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0], "images_per_s": rate}
-            if step % cfg.validation_steps == 0 or step == cfg.max_train_steps:
-                logs["val_psnr"] = validate(accelerator, model, held_out, step)
-            accelerator.log(logs, step=step)
-            loss_log.add(step, mean_loss)
-            bar.set_postfix(loss=f"{mean_loss:.4g}")
-        bar.update(1)  # counted after the loss is set, so a plain progress line shows this step's loss
-        training.checkpoint_if_due(accelerator, cfg, step, stop, meter, record)
-    bar.close()
-    meter.check()
-    training.check_replicas_in_sync(accelerator, model)
-    clock.lap("training")
+    def val_psnr(step):
+        due = step % cfg.validation_steps == 0 or step == cfg.max_train_steps
+        return {"val_psnr": validate(accelerator, model, held_out, step)} if due else {}
+
+    loss_log, stop = training.fit(accelerator, cfg, model, train_model, optimizer, lr_scheduler, record, batch_loss,
+                                  clock, name="autoencoder", extra_logs=val_psnr)
 
     # 4. Save the model with its latent scaling, then measure and draw.
     accelerator.wait_for_everyone()
@@ -123,23 +100,21 @@ def train(cfg):
 
 
 def pad_multiple(cfg) -> int:
-    """Image sides the models can take are multiples of this: the autoencoder halves len(block_out_channels) - 1
-    times and the UNet at least once more (at least 8, so 28x28 digits are padded to 32x32 as always)."""
-    return max(8, 2 ** len(cfg.autoencoder.block_out_channels))
+    """Image sides the models can take are multiples of this (ImageProcessor.size_multiple)."""
+    return ImageProcessor.size_multiple(len(cfg.autoencoder.block_out_channels))
 
 
 def check_resolution(cfg):
-    """--resolution as the model size, or None when the native size (padded) is used; a size the models
-    cannot halve is a UserError naming the sizes that work."""
+    """A --resolution the models cannot halve is a UserError naming the sizes that work (images resized to a
+    size that works are not padded)."""
     if cfg.resolution is None:
-        return None
+        return
     m = pad_multiple(cfg)
     if cfg.resolution % m:
         works = ", ".join(str(m * i) for i in range(1, 9))
         raise UserError(f"--resolution {cfg.resolution} cannot be halved often enough: the autoencoder halves it "
                         f"{len(cfg.autoencoder.block_out_channels) - 1} times and the UNet once more, so use a "
                         f"multiple of {m} ({works}, ...), or leave it unset for the native size, padded")
-    return cfg.resolution
 
 
 @torch.no_grad()
@@ -147,12 +122,12 @@ def validate(accelerator, model, held_out, step):
     model.eval()
     with accelerator.autocast():
         recon = accelerator.unwrap_model(model)(held_out).float()
-    size = accelerator.unwrap_model(model).config.image_size
-    mse = F.mse_loss(to_digits(recon, size), to_digits(held_out, size))
+    processor = accelerator.unwrap_model(model).image_processor
+    mse = F.mse_loss(processor.postprocess(recon), processor.postprocess(held_out))
     psnr = (10 * torch.log10(1.0 / mse)).item()
     writer = training.tensorboard_writer(accelerator)
     if writer is not None:
-        pairs = torch.cat([to_digits(held_out[:16], size), to_digits(recon[:16], size)]).cpu().numpy()
+        pairs = torch.cat([processor.postprocess(held_out[:16]), processor.postprocess(recon[:16])]).cpu().numpy()
         grid = visualisation.tile(pairs, nrow=16)
         writer.add_image("reconstructions", grid, step, dataformats="HW" if grid.ndim == 2 else "HWC")
     return psnr
@@ -164,7 +139,7 @@ def finish(model, cfg, out, train_images, test_images, test_labels, loss_log, cl
     # (encoded only; divided by the factor the encoder applies, 1 before this line has run).
     latents = encode_images(model, train_images[:10000], model.device, batch_size=1000) / model.config.scaling_factor
     model.register_to_config(scaling_factor=float(1.0 / latents.std()))
-    training.save_or_explain(lambda: save_model(model, out), out, "the autoencoder")
+    checkpoints.save_or_explain(lambda: save_model(model, out), out, "the autoencoder")
     clock.lap("scaling and saving", saved=True)
     stop.model_saved(out)  # a stop signal from here on ends the run at once: the model is safe
 
@@ -182,7 +157,6 @@ def finish(model, cfg, out, train_images, test_images, test_labels, loss_log, cl
         clock.write(out / "timings.json")
         return
     visualisation.reconstruction_figure(originals, recons, out / "reconstruction.png")
-    batch = slice(0, 64)  # "one batch", as in the reference
     for name, n, title in (("tsne_batch.png", 64, "one batch"), ("tsne_test.png", cfg.tsne_num_points, "test split")):
         n = min(n, len(test_latents))
         if n < 3:

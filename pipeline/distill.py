@@ -12,35 +12,32 @@ The recipe of diffusers' examples/consistency_distillation/train_lcm_distill_sd_
 
 The student starts from the teacher's weights and reuses its autoencoder and latent cache; c_skip/c_out are
 LCMScheduler's own, so the saved folder samples with `LCMScheduler` in 1 to num_ddim_timesteps steps.
-Everything else (checkpoints, exact resume, signals, locks, non-finite losses, logs) is pipeline/training.py's.
+Everything else (the loop, exact resume, signals, non-finite losses, logs) is pipeline/training.py's, the locks and
+checkpoints pipeline/checkpoints.py's.
 """
 
 import copy
 import inspect
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
 from diffusers import LCMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
-from safetensors.torch import load_file
 
-from . import training, visualisation
+from . import checkpoints, training, visualisation
 from .config import DistillConfig, parse_config, save_config
 from .errors import UserError, first_line
 from .image_data import check_geometry, describe_source, hub_dataset, inherit_data_options
 from .latent_cache import autoencoder_fingerprint, cached_latents, training_images
 from .pipeline_latent_ddpm import LatentDDPMPipeline
-from .progress import progress
 from .schedulers import noise_schedule
 
 logger = logging.getLogger("distill_latent_ddpm")
-# Besides training.RESUME_FIXED: what decides the student's targets. The teacher itself is a fingerprint fact.
+# Besides checkpoints.RESUME_FIXED: what decides the student's targets. The teacher itself is a fingerprint fact.
 RESUME_FIXED = ("num_ddim_timesteps", "guidance_scale", "class_dropout", "ema_decay", "huber_c", "timestep_scaling")
-EMA_FIELDS = ("decay", "min_decay", "optimization_step", "update_after_step", "use_ema_warmup", "inv_gamma", "power")
 TARGET_DIR = "unet_target"
 
 
@@ -116,30 +113,6 @@ def distill_loss(cfg, grid, lcm, noise_scheduler, teacher, student, target, late
     return (torch.sqrt((pred - goal) ** 2 + cfg.huber_c ** 2) - cfg.huber_c).mean()
 
 
-def register_target_hooks(accelerator, ema, target, student):
-    """The target network (the EMA) travels with the Accelerate state as diffusers-format `unet_target/`."""
-
-    def save_hook(models, weights, output_dir):
-        if accelerator.is_main_process:
-            ema.save_pretrained(os.path.join(output_dir, TARGET_DIR))
-
-    def load_hook(models, input_dir):
-        path = os.path.join(input_dir, TARGET_DIR)
-        if not os.path.isdir(path):
-            raise RuntimeError(f"checkpoint {input_dir} does not match this run: it has no {TARGET_DIR}/")
-        state = {k: v for k, v in UNet2DModel.load_config(path).items() if k in EMA_FIELDS}
-        weights = load_file(os.path.join(path, "diffusion_pytorch_model.safetensors"))
-        names = [name for name, _ in student.named_parameters()]
-        if set(names) != set(weights):
-            raise RuntimeError(f"{path} does not match this run's UNet (its weights have other names)")
-        ema.load_state_dict({**state, "shadow_params": [weights[n] for n in names]})
-        ema.to(accelerator.device)
-        ema.copy_to(target.parameters())
-
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
-
-
 def lcm_scheduler(teacher_scheduler, cfg) -> LCMScheduler:
     """The student's scheduler, built from the teacher's config: same betas, prediction type, no clipping."""
     accepted = inspect.signature(LCMScheduler.__init__).parameters  # DDPM's variance_type would only be warned about
@@ -213,11 +186,11 @@ def train(cfg):
     order = training.BatchOrder(len(images), cfg.train_batch_size, cfg.seed, accelerator.process_index,
                                 accelerator.num_processes, accelerator.device)  # too large a batch: refused before writing
     clock.lap("data and latents")
-    training.lock_output_dir(accelerator, out)
+    checkpoints.lock_output_dir(accelerator, out)
     ae_print = autoencoder_fingerprint(autoencoder)
-    record = training.run_record(accelerator, cfg, RESUME_FIXED, teacher=autoencoder_fingerprint(teacher),
+    record = checkpoints.run_record(accelerator, cfg, RESUME_FIXED, teacher=autoencoder_fingerprint(teacher),
                                  autoencoder=ae_print)
-    training.check_output_dir(cfg, record)
+    checkpoints.check_output_dir(cfg, record)
     if accelerator.is_main_process:
         save_config(cfg, out / "training_config.yaml")  # with the data options it read
     clock.lap("set-up")
@@ -236,43 +209,23 @@ def train(cfg):
     ema = EMAModel(student.parameters(), decay=cfg.ema_decay, min_decay=cfg.ema_decay, use_ema_warmup=False,
                    model_cls=UNet2DModel, model_config=student.config, foreach=True)
     ema.to(accelerator.device)
-    register_target_hooks(accelerator, ema, target, student)
+    checkpoints.keep_ema_in_checkpoints(accelerator, ema, student, TARGET_DIR, copy_to=target)
     student, train_student, optimizer, lr_scheduler = training.prepare(accelerator, cfg, student, "distill")
 
-    # 3. Resume, then train to exactly max_train_steps.
-    step = training.resume(accelerator, cfg, optimizer, lr_scheduler)
-    loss_log = training.LossLog(out / "loss.csv", step, accelerator.is_main_process)
-    stop = training.StopRequest()
-    meter = training.LossMeter(accelerator, cfg, step)
-    clock.lap("set-up")
-    bar = progress(cfg.max_train_steps, step, desc="distill", disable=not accelerator.is_main_process)
-    while step < cfg.max_train_steps:
-        student.train()
-        for micro in range(cfg.gradient_accumulation_steps):
-            k = step * cfg.gradient_accumulation_steps + micro
-            idx = order(k)
-            gen = training.step_generator(cfg.seed, k, accelerator.process_index, accelerator.device)
-            with accelerator.accumulate(student), accelerator.autocast():
-                loss = distill_loss(cfg, grid, lcm, noise_scheduler, teacher, train_student, target, latents[idx],
-                                    None if labels is None else labels[idx], null_label, gen)
-                training.optimizer_step(accelerator, student, optimizer, lr_scheduler, loss, cfg.max_grad_norm)
+    # 3. Resume, then train to exactly max_train_steps (pipeline/training.py's loop).
+    def batch_loss(k, gen):
+        idx = order(k)
+        return distill_loss(cfg, grid, lcm, noise_scheduler, teacher, train_student, target, latents[idx],
+                            None if labels is None else labels[idx], null_label, gen)
+
+    def update_target():
         ema.step(student.parameters())
         ema.copy_to(target.parameters())
-        step += 1
-        meter.add(loss, step)
-        if step % cfg.logging_steps == 0 or step == cfg.max_train_steps:
-            mean_loss, rate = meter.summary(step)
-            accelerator.log({"loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0], "latents_per_s": rate}, step=step)
-            loss_log.add(step, mean_loss)
-            bar.set_postfix(loss=f"{mean_loss:.4g}")
-        bar.update(1)
-        if step % cfg.save_images_steps == 0 and accelerator.is_main_process:
-            log_grids(accelerator, cfg, student, autoencoder, lcm, step)
-        training.checkpoint_if_due(accelerator, cfg, step, stop, meter, record)
-    bar.close()
-    meter.check()
-    training.check_replicas_in_sync(accelerator, student)
-    clock.lap("training")
+
+    loss_log, stop = training.fit(
+        accelerator, cfg, student, train_student, optimizer, lr_scheduler, record, batch_loss, clock, name="distill",
+        per_second="latents_per_s", after_step=update_target,
+        pictures=lambda step: log_grids(accelerator, cfg, student, autoencoder, lcm, step))
 
     # 4. The student's pipeline folder, pictures, scores and model card (main process).
     accelerator.wait_for_everyone()
@@ -314,7 +267,7 @@ def finish(pipe, cfg, out, loss_log, clock, stop, teacher_seconds):
     from .export import save_pipeline_folder, write_model_card
 
     info = settings(cfg, teacher_seconds, clock.phases["training"])
-    training.save_or_explain(lambda: save_pipeline_folder(pipe, out, dataset=hub_dataset(cfg), distillation=info),
+    checkpoints.save_or_explain(lambda: save_pipeline_folder(pipe, out, dataset=hub_dataset(cfg), distillation=info),
                              out, "the pipeline")
     print(f"pipeline saved to {out}")
     clock.lap("saving", saved=True)
@@ -327,11 +280,11 @@ def finish(pipe, cfg, out, loss_log, clock, stop, teacher_seconds):
     for n in cfg.eval_steps if cfg.eval_num_samples > 0 else []:
         m = evaluate_pipeline(pipe, out / "evaluation" / f"{n}_steps", num_samples=cfg.eval_num_samples,
                               num_inference_steps=n, scheduler="lcm", seed=cfg.seed, dataset=cfg.dataset,
-                              data_dir=cfg.data_dir, spec=cfg)
+                              data_dir=cfg.data_dir, source=cfg)
         if m.get("fid") is None:  # data without labels: samples and speed, no scores (evaluation says why)
             continue
         scores[n] = {k: m[k] for k in ("fid", "precision", "recall", "fid_floor", "precision_floor", "recall_floor")}
-        scores[n]["digits_per_second"] = m["digits_per_second"]
+        scores[n]["images_per_second"] = m["images_per_second"]
     if scores:
         clock.lap("evaluation")
     info["scores"] = scores

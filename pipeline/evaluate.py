@@ -51,9 +51,9 @@ from pipeline.data import to_uint8
 from pipeline.errors import UserError, first_line, run_cli
 from pipeline.guidance import guidance_sweep, parse_scales
 from pipeline.image_data import load_images
-from pipeline.judge_data import data_spec, judge_for, model_kind, pick_dataset
+from pipeline.judge_data import run_data_options, judge_for, model_kind, pick_dataset
 from pipeline.latent_cache import encode_decode, load_autoencoder
-from pipeline.metrics import FLOOR_SIZE, get_reference, judge_fingerprint, psnr_ssim, score_digits
+from pipeline.metrics import FLOOR_SIZE, get_reference, judge_fingerprint, psnr_ssim, score_images
 from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
 from pipeline.sampling import MIN_SAMPLES, output_folder, sample_images
 from pipeline.schedulers import (DEFAULT_SAMPLER, DEFAULT_STEPS, check_steps, default_sampling, parse_scheduler,
@@ -147,7 +147,7 @@ def print_table(metrics: dict):
     hist = " ".join(str(c) for c in metrics["class_histogram"])
     classes = f"classes 0-{len(metrics['class_histogram']) - 1}"
     print(f"{classes:16}{hist}")
-    print(f"speed           {metrics['digits_per_second']:.1f} images/s "
+    print(f"speed           {metrics['images_per_second']:.1f} images/s "
           f"({metrics['scheduler']}, {metrics['num_inference_steps']} steps)")
 
 
@@ -157,7 +157,7 @@ def score_reconstructions(autoencoder, classifier, reference, num_samples, train
     expect to score better."""
 
     real = train_images[:FLOOR_SIZE][reference.floor_pick(num_samples)]
-    scores = score_digits(to_uint8(encode_decode(autoencoder, real, batch_size)[1]), classifier, reference)
+    scores = score_images(to_uint8(encode_decode(autoencoder, real, batch_size)[1]), classifier, reference)
     return {f"{key}_reconstructed": scores[key] for key, _, _ in TABLE}
 
 
@@ -176,17 +176,17 @@ def _write_metrics(metrics: dict, out: Path):
 
 
 def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=DEFAULT_STEPS, scheduler=DEFAULT_SAMPLER,
-                      seed=0, batch_size=1000, dataset="ylecun/mnist", data_dir=None, spec=None) -> dict:
+                      seed=0, batch_size=1000, dataset="ylecun/mnist", data_dir=None, source=None) -> dict:
     """Sample with `pipe` (left untouched: a copy gets `scheduler`), score, write the three files, return metrics.
-    `spec`: the training config (or data_spec) for data other than the IDX datasets; unlabelled data gets
+    `source`: the training config (or run_data_options) for data other than the IDX datasets; unlabelled data gets
     samples and speed only."""
 
     if num_samples < MIN_SAMPLES:
         raise UserError(f"--num_samples {num_samples} is too few to score; use at least {MIN_SAMPLES}")
     out = output_folder(output_dir)
-    data, why_not = judge_for(spec, dataset, data_dir, pipe.autoencoder)
+    data, why_not = judge_for(source, dataset, data_dir, pipe.autoencoder)
     if data is None:
-        return _samples_only(pipe, out, spec, why_not, num_samples, batch_size, num_inference_steps, scheduler, seed)
+        return _samples_only(pipe, out, source, why_not, num_samples, batch_size, num_inference_steps, scheduler, seed)
     # The judge and the real images first: if they cannot be had (no data), fail before spending time on sampling.
     classifier = get_classifier(data, device=pipe.device)
     reference = get_reference(data, classifier=classifier)
@@ -199,18 +199,18 @@ def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=
     np.savez_compressed(out / "samples.npz", images=images)
     save_grid(images[:100], out / "samples.png", nrow=10)
 
-    metrics = score_digits(images, classifier, reference)
+    metrics = score_images(images, classifier, reference)
     metrics.update(score_reconstructions(pipe.autoencoder, classifier, reference, num_samples, train_images, batch_size))
     metrics.update(scheduler=scheduler, num_inference_steps=num_inference_steps, seed=seed, batch_size=batch_size,
                    device=str(pipe.device), sampling_seconds=round(seconds, 3),
-                   digits_per_second=round(num_samples / seconds, 2),
+                   images_per_second=round(num_samples / seconds, 2),
                    **judge_record(classifier, data), dataset=data.name)
     print_table(metrics)
     _write_metrics(metrics, out)
     return metrics
 
 
-def _samples_only(pipe, out, spec, reason, num_samples, batch_size, num_inference_steps, scheduler, seed) -> dict:
+def _samples_only(pipe, out, source, reason, num_samples, batch_size, num_inference_steps, scheduler, seed) -> dict:
     """Samples, their grid and the sampling speed for unlabelled data, with the line saying why there is no FID."""
 
     start = time.perf_counter()
@@ -220,33 +220,33 @@ def _samples_only(pipe, out, spec, reason, num_samples, batch_size, num_inferenc
     save_grid(images[:100], out / "samples.png", nrow=10)
     metrics = dict(scheduler=scheduler, num_inference_steps=num_inference_steps, seed=seed, batch_size=batch_size,
                    device=str(pipe.device), sampling_seconds=round(seconds, 3),
-                   digits_per_second=round(num_samples / seconds, 2), num_samples=num_samples,
-                   dataset=spec.train_data_dir or spec.dataset, fid=None, not_scored=reason)
-    print(f"speed           {metrics['digits_per_second']:.1f} images/s ({scheduler}, {num_inference_steps} steps)")
+                   images_per_second=round(num_samples / seconds, 2), num_samples=num_samples,
+                   dataset=source.train_data_dir or source.dataset, fid=None, not_scored=reason)
+    print(f"speed           {metrics['images_per_second']:.1f} images/s ({scheduler}, {num_inference_steps} steps)")
     print(reason)
     _write_metrics(metrics, out)
     return metrics
 
 
 def evaluate_autoencoder(autoencoder, output_dir, batch_size=1000, dataset="ylecun/mnist", data_dir=None,
-                         num_samples=None, spec=None) -> dict:
+                         num_samples=None, source=None) -> dict:
     """PSNR/SSIM of reconstructions of the first `num_samples` test images (None: all), and the judge's scores
     of as many reconstructed training images next to the floor at that size; writes metrics.json and
     reconstructions.png. Unlabelled data: PSNR/SSIM only, and the line saying why."""
 
     out = output_folder(output_dir)
-    data, why_not = judge_for(spec, dataset, data_dir, autoencoder)
+    data, why_not = judge_for(source, dataset, data_dir, autoencoder)
     if data is not None:
         originals = data.load("test")[0]
     else:
         cfg = autoencoder.config
-        originals = load_images("test", spec, cfg.image_size, cfg.in_channels).images
+        originals = load_images("test", source, cfg.image_size, cfg.in_channels).images
     originals = originals[:num_samples]
     _, recons = encode_decode(autoencoder, originals, batch_size)
     scores = psnr_ssim(originals, recons)
     reconstruction_figure(originals, recons, out / "reconstructions.png")
     metrics = dict(psnr=scores["psnr"], ssim=scores["ssim"], num_images=scores["num_images"],
-                   dataset=data.name if data is not None else spec.train_data_dir or spec.dataset)
+                   dataset=data.name if data is not None else source.train_data_dir or source.dataset)
     print(f"\nreconstruction of {scores['num_images']} test images: "
           f"PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f} (perfect: inf, 1)")
     if data is None:
@@ -281,12 +281,12 @@ def main(argv=None):
     device = pick_device(args.device)
     out = Path(args.output_dir).expanduser() if args.output_dir else path / "evaluation"
     dataset = pick_dataset(path, args.dataset)
-    spec = data_spec(path, dataset, args.data_dir, args.train_data_dir)
+    source = run_data_options(path, dataset, args.data_dir, args.train_data_dir)
     if args.num_samples < MIN_SAMPLES:  # before loading anything
         raise UserError(f"--num_samples {args.num_samples} is too few to score; use at least {MIN_SAMPLES}")
     if kind == "autoencoder":
         return evaluate_autoencoder(load_autoencoder(path).to(device), out, batch_size=args.batch_size,
-                                    dataset=dataset, data_dir=args.data_dir, num_samples=args.num_samples, spec=spec)
+                                    dataset=dataset, data_dir=args.data_dir, num_samples=args.num_samples, source=source)
     pipe = load_pipeline(path, device)
     scheduler, steps = default_sampling(pipe)
     settings = dict(num_samples=args.num_samples, num_inference_steps=args.num_inference_steps or steps,
@@ -297,8 +297,8 @@ def main(argv=None):
     except ValueError as e:
         raise UserError(str(e))
     if args.guidance_scales is not None:
-        return guidance_sweep(pipe, out, args.guidance_scales, spec=spec, **settings)
-    return evaluate_pipeline(pipe, out, spec=spec, **settings)
+        return guidance_sweep(pipe, out, args.guidance_scales, source=source, **settings)
+    return evaluate_pipeline(pipe, out, source=source, **settings)
 
 
 if __name__ == "__main__":

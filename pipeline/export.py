@@ -128,7 +128,7 @@ def _model_card(pipe, metrics, has_grid, dataset, license, repo_id) -> str:
         library_name="diffusers", license=license, datasets=[dataset] if dataset else None,
         tags=[task, "diffusers", "latent-diffusion"] + (["mnist"] if digits else []),
     ).to_yaml()
-    size, channels = getattr(pipe.autoencoder.config, "image_size", 28), pipe.autoencoder.config.in_channels
+    size, channels = pipe.image_size, pipe.num_channels
     what = f"{size}x{size} {'grayscale' if channels == 1 else 'RGB'} {'digits' if digits else 'images'}"
     source = f"[{dataset}](https://huggingface.co/datasets/{dataset})" if dataset else "a local image folder"
     unet, ae, sched = pipe.unet.config, pipe.autoencoder.config, pipe.scheduler.config

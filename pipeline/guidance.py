@@ -24,7 +24,7 @@ import numpy as np
 from pipeline.classifier import classifier_accuracy, get_classifier, predict
 from pipeline.errors import UserError
 from pipeline.judge_data import judge_for
-from pipeline.metrics import get_reference, score_digits
+from pipeline.metrics import get_reference, score_images
 from pipeline.sampling import MIN_SAMPLES, output_folder, sample_images
 from pipeline.schedulers import DEFAULT_SAMPLER, DEFAULT_STEPS, with_scheduler
 from pipeline.visualisation import plt, save_grid  # pyplot with the Agg backend, set there
@@ -61,15 +61,15 @@ def cycling_labels(num_samples: int, num_classes: int) -> np.ndarray:
 
 
 def guidance_sweep(pipe, output_dir, guidance_scales, num_samples=10_000, num_inference_steps=DEFAULT_STEPS,
-                   scheduler=DEFAULT_SAMPLER, seed=0, batch_size=1000, dataset="ylecun/mnist", data_dir=None, spec=None) -> dict:
+                   scheduler=DEFAULT_SAMPLER, seed=0, batch_size=1000, dataset="ylecun/mnist", data_dir=None, source=None) -> dict:
     """Sample and score `pipe` (left untouched: a copy gets `scheduler`) at each scale; write the files, return them.
-    `spec`: the training config (or data_spec) for data other than the IDX datasets."""
+    `source`: the training config (or run_data_options) for data other than the IDX datasets."""
 
     num_classes = num_classes_of(pipe)  # the checks first, before anything slow
     if num_samples < MIN_SAMPLES:
         raise UserError(f"--num_samples {num_samples} is too few to score; use at least {MIN_SAMPLES}")
     labels = cycling_labels(num_samples, num_classes)
-    data, why_not = judge_for(spec, dataset, data_dir, pipe.autoencoder)
+    data, why_not = judge_for(source, dataset, data_dir, pipe.autoencoder)
     if data is None:
         raise UserError(f"--guidance_scales measures class accuracy with the judge: {why_not}")
     out = output_folder(output_dir)
@@ -87,7 +87,7 @@ def guidance_sweep(pipe, output_dir, guidance_scales, num_samples=10_000, num_in
         images = sample_images(sampler, num_samples, batch_size, num_inference_steps, seed, labels, scale)
         seconds = time.perf_counter() - start
         save_grid(images[:100], out / f"samples_guidance_{scale:g}.png", nrow=10)
-        scores = score_digits(images, classifier, reference)
+        scores = score_images(images, classifier, reference)
         correct = predict(classifier, images)[1].argmax(1) == labels
         rows.append(dict(
             guidance_scale=scale, class_accuracy=float(correct.mean()),

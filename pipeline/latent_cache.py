@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .autoencoder import CABAutoencoder
-from .data import hub_unavailable, to_digits, to_model_input
+from .data import hub_unavailable
 from .errors import UserError, first_line
 from .image_data import data_digest, is_idx, load_images
 from .paths import cache_dir
@@ -75,7 +75,7 @@ def encode_images(autoencoder, images_uint8, device, batch_size=500) -> torch.Te
     autoencoder.eval().to(device)
     out = []
     for i in range(0, len(images_uint8), batch_size):
-        x = to_model_input(images_uint8[i:i + batch_size], autoencoder.config.sample_size)
+        x = autoencoder.image_processor.preprocess(images_uint8[i:i + batch_size])
         z = autoencoder.encode(x.to(device)).latents
         out.append(z.float() * autoencoder.config.scaling_factor)
     return torch.cat(out)
@@ -86,13 +86,13 @@ def encode_decode(autoencoder, images_uint8, batch_size=1000):
     """(unscaled latents on the CPU, float reconstructions in [0, 1]) for uint8 images, in eval mode; the
     reconstructions are (N, H, W) for grayscale images, (N, C, H, W) for colour ones, as the images came."""
     autoencoder.eval()
-    cfg = autoencoder.config
+    processor = autoencoder.image_processor
     latents, recons = [], []
     for i in range(0, len(images_uint8), batch_size):
-        x = to_model_input(images_uint8[i:i + batch_size], cfg.sample_size).to(autoencoder.device, autoencoder.dtype)
+        x = processor.preprocess(images_uint8[i:i + batch_size]).to(autoencoder.device, autoencoder.dtype)
         z = autoencoder.encode(x).latents
         latents.append(z.float().cpu())
-        recons.append(to_digits(autoencoder.decode(z).sample, getattr(cfg, "image_size", 28)).cpu())
+        recons.append(processor.postprocess(autoencoder.decode(z).sample.float()).cpu())
     recons = torch.cat(recons)
     return torch.cat(latents), (recons[:, 0] if recons.shape[1] == 1 else recons).numpy()
 
@@ -121,7 +121,7 @@ def training_images(accelerator, cfg, autoencoder):
 
     from .training import first_samples
 
-    data = load_images("train", cfg, getattr(autoencoder.config, "image_size", 28), autoencoder.config.in_channels)
+    data = load_images("train", cfg, autoencoder.config.image_size, autoencoder.config.in_channels)
     images, labels = first_samples(accelerator, cfg, data.images, data.labels)
     if cfg.random_flip:
         images = np.concatenate([images, images[..., ::-1]])

@@ -8,7 +8,6 @@ and TensorBoard logs.
 """
 
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -16,21 +15,18 @@ import torch.nn.functional as F
 from accelerate.utils import set_seed
 from diffusers import UNet2DModel
 from diffusers.training_utils import EMAModel, compute_snr
-from safetensors.torch import load_file
 
-from . import training, visualisation
+from . import checkpoints, training, visualisation
 from .config import LatentDDPMTrainConfig, parse_config, save_config
 from .errors import UserError, first_line
 from .image_data import check_geometry, describe_source, hub_dataset, inherit_data_options, is_idx
 from .latent_cache import autoencoder_fingerprint, cached_latents, load_autoencoder, training_images
 from .pipeline_latent_ddpm import LatentDDPMPipeline
-from .progress import progress
 from .schedulers import make_scheduler, make_train_scheduler, with_scheduler
 
 logger = logging.getLogger("train_latent_ddpm")
 NUM_IDX_CLASSES = 10  # MNIST and Fashion-MNIST; other datasets say how many classes they have
-EMA_FIELDS = ("decay", "min_decay", "optimization_step", "update_after_step", "use_ema_warmup", "inv_gamma", "power")
-# Besides training.RESUME_FIXED: the options that shape the model, its objective and its EMA. A resume
+# Besides checkpoints.RESUME_FIXED: the options that shape the model, its objective and its EMA. A resume
 # with any of them changed would fail or train another model; the learning rate and its schedule may change.
 RESUME_FIXED = ("unet", "ddpm_num_steps", "ddpm_beta_schedule", "prediction_type", "snr_gamma", "conditioning",
                 "class_dropout", "use_ema", "ema_max_decay", "ema_inv_gamma", "ema_power")
@@ -119,11 +115,11 @@ def train(cfg):
                                 accelerator.process_index, accelerator.num_processes, accelerator.device)
     clock.lap("data and latents")
 
-    training.lock_output_dir(accelerator, out)  # one run per folder, held until this process ends
-    record = training.run_record(accelerator, cfg, RESUME_FIXED, autoencoder=autoencoder_fingerprint(autoencoder),
+    checkpoints.lock_output_dir(accelerator, out)  # one run per folder, held until this process ends
+    record = checkpoints.run_record(accelerator, cfg, RESUME_FIXED, autoencoder=autoencoder_fingerprint(autoencoder),
                                  latent_shape=f"{autoencoder.config.latent_channels}x{autoencoder.latent_size}"
                                               f"x{autoencoder.latent_size}")
-    training.check_output_dir(cfg, record)
+    checkpoints.check_output_dir(cfg, record)
     if accelerator.is_main_process:
         save_config(cfg, out / "training_config.yaml")  # hub_token is redacted
     clock.lap("set-up")
@@ -143,47 +139,20 @@ def train(cfg):
                        power=cfg.ema_power, model_cls=UNet2DModel, model_config=unet.config,
                        foreach=True)  # a few multi-tensor kernels per step instead of ~3 per parameter tensor
         ema.to(accelerator.device)
-        register_ema_hooks(accelerator, ema, unet)
+        checkpoints.keep_ema_in_checkpoints(accelerator, ema, unet, "unet_ema")
     unet, train_unet, optimizer, lr_scheduler = training.prepare(accelerator, cfg, unet, "latent_ddpm")
 
-    # 3. Resume, then train to exactly max_train_steps.
-    step = training.resume(accelerator, cfg, optimizer, lr_scheduler)
-    loss_log = training.LossLog(out / "loss.csv", step, accelerator.is_main_process)
-    stop = training.StopRequest()
-    meter = training.LossMeter(accelerator, cfg, step)
-    clock.lap("set-up")
-    bar = progress(cfg.max_train_steps, step, desc="latent ddpm", disable=not accelerator.is_main_process)
-    while step < cfg.max_train_steps:
-        unet.train()
-        for micro in range(cfg.gradient_accumulation_steps):
-            k = step * cfg.gradient_accumulation_steps + micro
-            idx = order(k)
-            gen = training.step_generator(cfg.seed, k, accelerator.process_index, accelerator.device)
-            with accelerator.accumulate(unet), accelerator.autocast():
-                loss = loss_fn(cfg, noise_scheduler, train_unet, latents[idx],
-                               None if labels is None else labels[idx], gen, null_label=num_classes)
-                training.optimizer_step(accelerator, unet, optimizer, lr_scheduler, loss, cfg.max_grad_norm)
-        if ema is not None:
-            ema.step(unet.parameters())
-        step += 1
-        meter.add(loss, step)
+    # 3. Resume, then train to exactly max_train_steps (pipeline/training.py's loop).
+    def batch_loss(k, gen):
+        idx = order(k)
+        return loss_fn(cfg, noise_scheduler, train_unet, latents[idx], None if labels is None else labels[idx], gen,
+                       null_label=num_classes)
 
-        if step % cfg.logging_steps == 0 or step == cfg.max_train_steps:
-            mean_loss, rate = meter.summary(step)
-            logs = {"loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0], "latents_per_s": rate}
-            if ema is not None:
-                logs["ema_decay"] = ema.cur_decay_value
-            accelerator.log(logs, step=step)
-            loss_log.add(step, mean_loss)
-            bar.set_postfix(loss=f"{mean_loss:.4g}")
-        bar.update(1)  # counted after the loss is set, so a plain progress line shows this step's loss
-        if step % cfg.save_images_steps == 0 and accelerator.is_main_process:
-            log_samples(accelerator, cfg, unet, ema, autoencoder, noise_scheduler, step, class_names)
-        training.checkpoint_if_due(accelerator, cfg, step, stop, meter, record)
-    bar.close()
-    meter.check()
-    training.check_replicas_in_sync(accelerator, unet)
-    clock.lap("training")
+    loss_log, stop = training.fit(
+        accelerator, cfg, unet, train_unet, optimizer, lr_scheduler, record, batch_loss, clock, name="latent ddpm",
+        per_second="latents_per_s", after_step=None if ema is None else lambda: ema.step(unet.parameters()),
+        extra_logs=None if ema is None else lambda step: {"ema_decay": ema.cur_decay_value},
+        pictures=lambda step: log_samples(accelerator, cfg, unet, ema, autoencoder, noise_scheduler, step, class_names))
 
     # 4. The pipeline folder, pictures and model card (main process), then the upload.
     accelerator.wait_for_everyone()
@@ -192,31 +161,6 @@ def train(cfg):
         finish(pipe, cfg, out, loss_log, clock, stop)
     accelerator.wait_for_everyone()
     training.end_training(accelerator)
-
-
-def register_ema_hooks(accelerator, ema, unet):
-    """EMA weights travel with the Accelerate state, as diffusers-format `unet_ema/` (safetensors)."""
-
-    def save_hook(models, weights, output_dir):
-        if accelerator.is_main_process:
-            ema.save_pretrained(os.path.join(output_dir, "unet_ema"))
-
-    def load_hook(models, input_dir):
-        # What EMAModel.from_pretrained does, without building a throw-away UNet from a config.json that
-        # also holds the EMA fields (diffusers warns about those, twice, on every resume).
-        path = os.path.join(input_dir, "unet_ema")
-        if not os.path.isdir(path):
-            raise RuntimeError(f"checkpoint {input_dir} does not match this run: it has no unet_ema/ but use_ema is on")
-        state = {k: v for k, v in UNet2DModel.load_config(path).items() if k in EMA_FIELDS}
-        weights = load_file(os.path.join(path, "diffusion_pytorch_model.safetensors"))
-        names = [name for name, _ in unet.named_parameters()]
-        if set(names) != set(weights) or any(weights[n].shape != p.shape for n, p in zip(names, ema.shadow_params)):
-            raise RuntimeError(f"{path} does not match this run's UNet (its EMA weights have other names or shapes)")
-        ema.load_state_dict({**state, "shadow_params": [weights[n] for n in names]})
-        ema.to(accelerator.device)
-
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
 
 
 def make_pipeline(unet, autoencoder, noise_scheduler, class_names=None):
@@ -262,7 +206,7 @@ def class_accuracy_check(pipe, cfg, out) -> dict:
     n = max(k, cfg.eval_num_samples - cfg.eval_num_samples % k)
     result = guidance_sweep(pipe, out, [cfg.eval_guidance_scale], num_samples=n,
                             num_inference_steps=cfg.num_inference_steps, scheduler=cfg.sampler, seed=cfg.seed,
-                            dataset=cfg.dataset, data_dir=cfg.data_dir, spec=cfg)
+                            dataset=cfg.dataset, data_dir=cfg.data_dir, source=cfg)
     row = result["scales"][0]
     return dict(eval_guidance_scale=cfg.eval_guidance_scale, class_accuracy=row["class_accuracy"],
                 class_accuracy_floor=result["floor"]["class_accuracy"], guided_fid=row["fid"])
@@ -274,7 +218,7 @@ def finish(pipe, cfg, out, loss_log, clock, stop):
     from .figures import pipeline_figures
 
     # The trained model is saved before anything that could fail (pictures, evaluation).
-    training.save_or_explain(lambda: save_pipeline_folder(pipe, out, dataset=hub_dataset(cfg)), out, "the pipeline")
+    checkpoints.save_or_explain(lambda: save_pipeline_folder(pipe, out, dataset=hub_dataset(cfg)), out, "the pipeline")
     print(f"pipeline saved to {out}")
     clock.lap("saving", saved=True)
     stop.model_saved(out)  # a stop signal from here on ends the run at once: the pipeline is safe
@@ -287,7 +231,7 @@ def finish(pipe, cfg, out, loss_log, clock, stop):
     if cfg.eval_num_samples > 0:
         metrics = evaluate_pipeline(pipe, num_samples=cfg.eval_num_samples, num_inference_steps=cfg.num_inference_steps,
                                     scheduler=cfg.sampler, seed=cfg.seed, output_dir=out / "evaluation",
-                                    dataset=cfg.dataset, data_dir=cfg.data_dir, spec=cfg)
+                                    dataset=cfg.dataset, data_dir=cfg.data_dir, source=cfg)
         if cfg.conditioning == "class" and metrics.get("fid") is not None:
             metrics.update(class_accuracy_check(pipe, cfg, out / "evaluation"))
         clock.lap("evaluation")

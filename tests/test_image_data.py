@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from types import SimpleNamespace
 
 import numpy as np
 import PIL.Image
@@ -17,17 +16,15 @@ from diffusers import UNet2DModel
 from conftest import REPO, run_script
 from pipeline.autoencoder import CABAutoencoder
 from pipeline.errors import UserError
-from pipeline.image_data import HOLDOUT_FRACTION, load_images
+from pipeline.image_data import HOLDOUT_FRACTION, DataOptions, load_images
 from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
 from pipeline.schedulers import make_scheduler, make_train_scheduler
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def spec(**kw):
-    base = dict(dataset="none", data_dir=None, train_data_dir=None, image_column=None, label_column=None,
-                background="white")
-    return SimpleNamespace(**{**base, **kw})
+def options(**kw):
+    return DataOptions(**{"dataset": "none", **kw})
 
 
 def picture(mode, size, seed):
@@ -55,15 +52,15 @@ def colour_folder(root, n_per_class=8):
 
 def test_image_folder_labels_modes_and_holdout(tmp_path):
     folder = colour_folder(tmp_path / "pics")
-    train = load_images("train", spec(train_data_dir=str(folder)))
-    test = load_images("test", spec(train_data_dir=str(folder)))
+    train = load_images("train", options(train_data_dir=str(folder)))
+    test = load_images("test", options(train_data_dir=str(folder)))
     assert train.images.dtype == np.uint8 and train.images.shape[1:] == (3, 16, 16)  # most common size: 16
     assert train.class_names == ["circles", "squares"] and set(train.labels) <= {0, 1}
     assert len(test.images) == np.ceil(16 * HOLDOUT_FRACTION)  # datasets' train_test_split rounds the test part up
     assert len(train.images) + len(test.images) == 16 and "hold-out" in test.test_split
-    again = load_images("test", spec(train_data_dir=str(folder)))  # the hold-out is fixed
+    again = load_images("test", options(train_data_dir=str(folder)))  # the hold-out is fixed
     np.testing.assert_array_equal(again.images, test.images)
-    small = load_images("train", spec(train_data_dir=str(folder)), resolution=8, channels=1)
+    small = load_images("train", options(train_data_dir=str(folder)), resolution=8, channels=1)
     assert small.images.shape[1:] == (8, 8) and small.channels == 1
 
 
@@ -72,8 +69,8 @@ def test_rgba_is_composited_on_the_background(tmp_path):
     im = PIL.Image.new("RGBA", (8, 8), (255, 0, 0, 0))  # fully transparent red
     for i in range(10):
         im.save(tmp_path / "a" / f"{i}.png")
-    white = load_images("train", spec(train_data_dir=str(tmp_path), background="white")).images
-    black = load_images("train", spec(train_data_dir=str(tmp_path), background="black")).images
+    white = load_images("train", options(train_data_dir=str(tmp_path), background="white")).images
+    black = load_images("train", options(train_data_dir=str(tmp_path), background="black")).images
     assert white.min() == 255 and black.max() == 0
 
 
@@ -81,7 +78,7 @@ def test_grayscale_folder_gives_one_channel(tmp_path):
     (tmp_path / "x").mkdir()
     for i in range(10):
         picture("L", 12, i).save(tmp_path / "x" / f"{i}.png")
-    data = load_images("train", spec(train_data_dir=str(tmp_path)))
+    data = load_images("train", options(train_data_dir=str(tmp_path)))
     assert data.images.shape[1:] == (12, 12) and data.channels == 1
 
 
@@ -100,31 +97,31 @@ def cifar_like(root, n=12):
 
 def test_hub_style_dataset_through_load_dataset(tmp_path):
     root = cifar_like(tmp_path / "cifar")
-    data = load_images("test", spec(dataset=str(root)))
+    data = load_images("test", options(dataset=str(root)))
     assert data.images.shape == (12, 3, 32, 32) and data.class_names == ["cat", "dog", "ship"]
     assert data.labels.tolist() == [i % 3 for i in range(12)] and data.test_split == "the dataset's own test split"
     ref = np.asarray(picture("RGB", 32, 5)).transpose(2, 0, 1)
     np.testing.assert_array_equal(data.images[5], ref)  # no resize at the native size: the pixels as stored
     with pytest.raises(UserError, match=r"--image_column photo: no such column .* columns: img, label, note"):
-        load_images("train", spec(dataset=str(root), image_column="photo"))
+        load_images("train", options(dataset=str(root), image_column="photo"))
     with pytest.raises(UserError, match=r"--label_column fine: no such column .* columns: img, label, note"):
-        load_images("train", spec(dataset=str(root), label_column="fine"))
+        load_images("train", options(dataset=str(root), label_column="fine"))
 
 
 def test_empty_folders_and_corrupt_images_are_named(tmp_path):
     with pytest.raises(UserError, match=rf"{tmp_path / 'empty'} holds no images"):
         (tmp_path / "empty").mkdir()
-        load_images("train", spec(train_data_dir=str(tmp_path / "empty")))
+        load_images("train", options(train_data_dir=str(tmp_path / "empty")))
     (tmp_path / "text" / "a").mkdir(parents=True)
     (tmp_path / "text" / "a" / "readme.txt").write_text("hello")
     with pytest.raises(UserError, match="holds no images"):
-        load_images("train", spec(train_data_dir=str(tmp_path / "text")))
+        load_images("train", options(train_data_dir=str(tmp_path / "text")))
     bad = colour_folder(tmp_path / "bad")
     (bad / "squares" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
     errors = []
     for split in ("train", "test"):  # the broken file is in one of the two
         try:
-            load_images(split, spec(train_data_dir=str(bad)))
+            load_images(split, options(train_data_dir=str(bad)))
         except UserError as e:
             errors.append(str(e))
     assert len(errors) == 1 and "broken.png" in errors[0] and "cannot read the image" in errors[0]
@@ -222,13 +219,13 @@ def test_unlabelled_folder_has_no_labels_and_evaluation_says_fid_needs_them(tmp_
 
     for i in range(10):  # images at the top of the folder: no class subfolders, no labels
         picture("RGB", 8, i).save(tmp_path / f"{i}.png")
-    data = load_images("train", spec(train_data_dir=str(tmp_path)))
+    data = load_images("train", options(train_data_dir=str(tmp_path)))
     assert data.labels is None and data.class_names is None and data.images.shape[1:] == (3, 8, 8)
-    assert no_judge_line(spec(train_data_dir=str(tmp_path))).startswith("FID / precision / recall need labelled data")
+    assert no_judge_line(options(train_data_dir=str(tmp_path))).startswith("FID / precision / recall need labelled data")
     labelled = colour_folder(tmp_path / "labelled")  # 16 images: a 10% hold-out of 2, too few to judge on
     ae = CABAutoencoder(in_channels=3, image_size=16, block_out_channels=(8, 16, 16), layers_per_block=1,
                         norm_num_groups=4, reduction=4)
-    data, why_not = judge_for(spec(train_data_dir=str(labelled)), "none", None, ae)
+    data, why_not = judge_for(options(train_data_dir=str(labelled)), "none", None, ae)
     assert data is None and "has 2 labelled test images" in why_not and "at least 100" in why_not
 
 

@@ -18,17 +18,17 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from transformers import AutoModelForImageClassification
 
 from pipeline.classifier import JudgeFeatures, accuracy, classifier_dir, get_classifier
-from pipeline.data import load_digits
+from pipeline.data import load_idx_dataset
 from pipeline.errors import UserError
 from pipeline.metrics import (FID_REAL_STATES, class_histogram, fid_metric, get_reference, kid_scores, kl_to_uniform,
-                              prdc_scores, psnr_ssim, score_digits)
+                              prdc_scores, psnr_ssim, score_images)
 
 N = 2000  # digits per scored set: enough for stable FID/PR in 128-d, quick to score
 
 
 @pytest.fixture(scope="session")
 def digits(mnist_dir):
-    return {split: load_digits(split, data_dir=mnist_dir) for split in ("train", "test")}
+    return {split: load_idx_dataset(split, data_dir=mnist_dir) for split in ("train", "test")}
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +48,7 @@ def scored(judge, digits):
     noise = np.random.default_rng(0).integers(0, 256, size=real.shape, dtype=np.uint8)
     ones = images[labels == 1][:N]
     sets = dict(real=real, blurred=blurred, noise=noise, ones=ones)
-    return {name: score_digits(x, classifier, reference) for name, x in sets.items()}
+    return {name: score_images(x, classifier, reference) for name, x in sets.items()}
 
 
 # -----------------------------------------------------------------------------
@@ -296,6 +296,7 @@ def test_perfect_reconstructions_score_exactly_the_floor(judge, mnist_dir):
     class Identity(torch.nn.Module):
         device, dtype = torch.device("cpu"), torch.float32
         config = CABAutoencoder().config  # the input size and padding of the real thing
+        image_processor = CABAutoencoder().image_processor
 
         def encode(self, x):
             return EncoderOutput(latents=x)  # as CABAutoencoder.encode returns
@@ -304,7 +305,7 @@ def test_perfect_reconstructions_score_exactly_the_floor(judge, mnist_dir):
             return DecoderOutput(sample=z)
 
     classifier, reference, _ = judge
-    train_images, _ = load_digits("train", data_dir=mnist_dir)
+    train_images, _ = load_idx_dataset("train", data_dir=mnist_dir)
     for n in (500, 10_000):
         got = score_reconstructions(Identity(), classifier, reference, n, train_images)
         for key in ("fid", "precision", "recall", "kl_to_uniform", "mean_confidence"):
@@ -325,7 +326,7 @@ def test_classifier_trains_inside_no_grad(mnist_dir):
     # Scoring at the end of training runs under torch.no_grad(); a first-time judge must still train.
     from pipeline.classifier import train_classifier
 
-    images, labels = load_digits("train", data_dir=mnist_dir)
+    images, labels = load_idx_dataset("train", data_dir=mnist_dir)
     with torch.no_grad():
         model = train_classifier(images[:512], labels[:512], epochs=1, batch_size=128)
     assert not model.training

@@ -3,13 +3,11 @@ folders, files that are not images, string and missing labels, a column that hol
 small images, a damaged emoji cache, and the file modes of a saved model. Every refusal is one line on stderr,
 exit 2, and leaves the output folder exactly as it was."""
 
-import io
 import json
 import os
 import stat
 import struct
 import zlib
-from types import SimpleNamespace
 
 import numpy as np
 import PIL.Image
@@ -17,7 +15,7 @@ import pytest
 
 from conftest import REPO, run_script
 from pipeline.errors import UserError
-from pipeline.image_data import MIN_IMAGES, MIN_SIDE, load_images
+from pipeline.image_data import MIN_IMAGES, MIN_SIDE, DataOptions, load_images
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -26,10 +24,8 @@ TINY = ["--autoencoder.block_out_channels", "[8, 16, 16]", "--autoencoder.layers
         "--checkpointing_steps", "100", "--logging_steps", "5", "--validation_steps", "5", "--num_threads", "1"]
 
 
-def spec(**kw):
-    base = dict(dataset="none", data_dir=None, train_data_dir=None, image_column=None, label_column=None,
-                background="white")
-    return SimpleNamespace(**{**base, **kw})
+def options(**kw):
+    return DataOptions(**{"dataset": "none", **kw})
 
 
 def snapshot(folder):
@@ -77,7 +73,7 @@ def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path):
     for i in range(MIN_IMAGES):
         (tmp_path / f"{i}.png").write_bytes(png16(gray=gradient))
     assert PIL.Image.open(tmp_path / "0.png").mode == "I;16"
-    images = np.concatenate([load_images(s, spec(train_data_dir=str(tmp_path))).images for s in ("train", "test")])
+    images = np.concatenate([load_images(s, options(train_data_dir=str(tmp_path))).images for s in ("train", "test")])
     assert images.shape[1:] == (16, 16)
     np.testing.assert_array_equal(images[0, 0], np.round(np.linspace(0, 255, 16)).astype(np.uint8))
     assert (images == 255).mean() == pytest.approx(1 / 16)  # the brightest column only, not 99.5% of the pixels
@@ -91,9 +87,9 @@ def test_16_bit_colour_and_32_bit_integer_and_float_grayscale_keep_their_range(t
     for i in range(MIN_IMAGES):
         (tmp_path / "rgb" / f"{i}.png").write_bytes(png16(rgb=colour))
         PIL.Image.fromarray(np.full((16, 16), 30000, np.int32)).save(tmp_path / "int" / f"{i}.tif")
-    rgb = load_images("train", spec(train_data_dir=str(tmp_path / "rgb"))).images
+    rgb = load_images("train", options(train_data_dir=str(tmp_path / "rgb"))).images
     assert rgb.shape[1] == 3 and rgb[0, 0].min() == 255 and rgb[0, 1].max() == round(30000 / 257)
-    gray = load_images("train", spec(train_data_dir=str(tmp_path / "int"))).images
+    gray = load_images("train", options(train_data_dir=str(tmp_path / "int"))).images
     assert (gray == round(30000 / 257)).all()
 
 
@@ -103,7 +99,7 @@ def test_a_mode_that_cannot_be_read_faithfully_is_one_line_naming_the_file(tmp_p
     with pytest.raises(UserError, match=r"3\.tif .*mode F with values from 7\.5 to 7\.5 cannot be read as an image "
                                         "faithfully.*save it as 8- or 16-bit PNG"):
         for split in ("train", "test"):
-            load_images(split, spec(train_data_dir=str(tmp_path)))
+            load_images(split, options(train_data_dir=str(tmp_path)))
 
 
 # ----------------------------------------------------------------------------- labels from folders
@@ -116,8 +112,8 @@ def test_nested_class_folders_keep_their_labels_and_the_rule_is_said(tmp_path, c
         square(i).save(sub / f"{i}.png")
     (tmp_path / "cats" / "drawing.svg").write_text("<svg/>")
     (tmp_path / ".hidden.png").write_bytes(b"not looked at")
-    train = load_images("train", spec(train_data_dir=str(tmp_path)))
-    test = load_images("test", spec(train_data_dir=str(tmp_path)))
+    train = load_images("train", options(train_data_dir=str(tmp_path)))
+    test = load_images("test", options(train_data_dir=str(tmp_path)))
     assert train.class_names == ["cats", "dogs"] and len(train.labels) + len(test.labels) == 12
     assert np.bincount(np.concatenate([train.labels, test.labels])).tolist() == [6, 6]
     out = capsys.readouterr().out
@@ -149,8 +145,8 @@ def test_one_class_folder_and_loose_images_are_unlabelled_with_the_reason(tmp_pa
     for i in range(MIN_IMAGES):
         square(i).save(tmp_path / "one" / "only" / f"{i}.png")
         square(i).save(tmp_path / "mixed" / ("a", "b", ".")[i % 3] / f"{i}.png")
-    assert load_images("train", spec(train_data_dir=str(tmp_path / "one"))).labels is None
-    assert load_images("train", spec(train_data_dir=str(tmp_path / "mixed"))).labels is None
+    assert load_images("train", options(train_data_dir=str(tmp_path / "one"))).labels is None
+    assert load_images("train", options(train_data_dir=str(tmp_path / "mixed"))).labels is None
     out = capsys.readouterr().out
     assert "10 images, unlabelled (one class subfolder (only): labels need two or more)" in out
     assert "10 images, unlabelled (3 images lie directly in the folder, beside the subfolders" in out
@@ -173,12 +169,12 @@ def parquet(root, labels, image_column=None, n=None):
 
 def test_string_labels_become_sorted_classes_usable_by_name(tmp_path):
     root = parquet(tmp_path / "colours", ["red", "blue", "green"] * 10)
-    train = load_images("train", spec(dataset=str(root), label_column="label"))
-    test = load_images("test", spec(dataset=str(root), label_column="label"))
+    train = load_images("train", options(dataset=str(root), label_column="label"))
+    test = load_images("test", options(dataset=str(root), label_column="label"))
     assert train.class_names == test.class_names == ["blue", "green", "red"]
     both = np.concatenate([train.labels, test.labels])
     assert sorted(np.bincount(both).tolist()) == [10, 10, 10]
-    assert load_images("train", spec(dataset=str(root), label_column="none")).labels is None
+    assert load_images("train", options(dataset=str(root), label_column="none")).labels is None
 
 
 @pytest.mark.slow
@@ -277,7 +273,7 @@ def test_a_damaged_emoji_cache_is_fetched_again_with_a_note(capsys):
     """Needs npm and its registry, as the emoji themselves do."""
     import shutil
 
-    from pipeline.image_data import cache_problem, fetch_emoji
+    from pipeline.emoji import cache_problem, fetch_emoji
 
     folder = fetch_emoji()
     counts = json.loads((folder / ".complete").read_text())["counts"]

@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import REPO, kill_9_once, run_script
+from conftest import kill_9_once, run_script
 from PIL import Image
 from test_image_data import colour_folder
 

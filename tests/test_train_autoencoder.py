@@ -33,10 +33,10 @@ def test_autoencoder_run_leaves_a_complete_folder(tiny_autoencoder_run):
 def test_scaled_latents_have_unit_variance(mnist_dir, tiny_autoencoder_run):
     import torch
 
-    from pipeline.data import load_digits
+    from pipeline.data import load_idx_dataset
     from pipeline.latent_cache import encode_images, load_autoencoder
 
-    images, _ = load_digits("train", data_dir=mnist_dir)
+    images, _ = load_idx_dataset("train", data_dir=mnist_dir)
     z = encode_images(load_autoencoder(tiny_autoencoder_run), images[:2000], "cpu")
     assert abs(z.std().item() - 1.0) < 0.1
     assert torch.isfinite(z).all()

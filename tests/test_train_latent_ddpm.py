@@ -138,11 +138,11 @@ def test_latent_cache_is_keyed_to_the_autoencoder_weights(mnist_dir, tiny_autoen
     import torch
     from accelerate import Accelerator
 
-    from pipeline.data import load_digits
+    from pipeline.data import load_idx_dataset
     from pipeline.latent_cache import cached_latents, encode_images, load_autoencoder
     from pipeline.paths import cache_dir
 
-    images, _ = load_digits("train", data_dir=mnist_dir)
+    images, _ = load_idx_dataset("train", data_dir=mnist_dir)
     images = images[:256]
     acc = Accelerator(cpu=True)
     ae = load_autoencoder(tiny_autoencoder_run)
@@ -226,7 +226,7 @@ def test_damaged_latest_checkpoint_is_skipped(mnist_dir, tiny_autoencoder_run, d
 
 
 def test_checkpoints_total_limit_keeps_the_newest_good_one(tmp_path):
-    from pipeline.training import STATE_FILE, _prune
+    from pipeline.checkpoints import STATE_FILE, _prune
 
     for n in (5, 10, 15):
         (tmp_path / f"checkpoint-{n}").mkdir()
@@ -285,7 +285,7 @@ def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(mnist_dir, tiny_aut
     assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
     assert "loss became non-finite at step" in res.stderr and "Traceback" not in res.stderr
     assert_same_weights(unet_weights(out), good)  # the saved model was not overwritten
-    from pipeline.training import checkpoint_is_complete
+    from pipeline.checkpoints import checkpoint_is_complete
 
     assert checkpoint_is_complete(out / "checkpoint-10")
 

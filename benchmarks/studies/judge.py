@@ -2,7 +2,7 @@
 from scratch on MNIST with the judge's recipe (pipeline/classifier.py: Adam, one-cycle, batch 128,
 light shift augmentation) and report test accuracy and seconds.
 
-    python -m benchmarks.judge --data_dir ../shared/data/mnist --epochs 2
+    python -m benchmarks.studies.judge --data_dir ../shared/data/mnist --epochs 2
 
 The judge must reach >= 99.3% test accuracy in about a minute on 2 CPU cores, for 1 or 3
 channels and sizes 28 to 64; its penultimate activations are the features FID is taken on.
@@ -15,7 +15,7 @@ import torch
 
 from benchmarks.common import add_commit_option, hardware, provenance, save_result
 from pipeline.classifier import CANDIDATES, accuracy, train_classifier
-from pipeline.data import load_digits
+from pipeline.data import load_idx_dataset
 
 
 def main(argv=None):
@@ -32,8 +32,8 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    train_x, train_y = load_digits("train", dataset=args.dataset, data_dir=args.data_dir)
-    test_x, test_y = load_digits("test", dataset=args.dataset, data_dir=args.data_dir)
+    train_x, train_y = load_idx_dataset("train", dataset=args.dataset, data_dir=args.data_dir)
+    test_x, test_y = load_idx_dataset("test", dataset=args.dataset, data_dir=args.data_dir)
     rows = []
     for name in args.candidates.split(","):
         start = time.perf_counter()

@@ -1,7 +1,7 @@
 """Score saved samples with this checkout's scorer and, side by side, with an older checkout's.
 
     git worktree add /tmp/old-scorer 94aaa02
-    python -m benchmarks.rescore --data_dir ../shared/data/mnist --old_checkout /tmp/old-scorer \
+    python -m benchmarks.studies.rescore --data_dir ../shared/data/mnist --old_checkout /tmp/old-scorer \
         benchmarks/results/h200-20261124-project_samples.npz runs/demo/pipeline/evaluation/samples.npz
 
 Each file holds uint8 images under `images` (what `python -m pipeline.evaluate` writes), or under
@@ -66,14 +66,14 @@ def old_scores(checkout, files, data_dir, dataset):
 
 def new_scores(files, data_dir, dataset):
     from pipeline.classifier import classifier_accuracy, get_classifier
-    from pipeline.metrics import get_reference, judge_fingerprint, score_digits
+    from pipeline.metrics import get_reference, judge_fingerprint, score_images
 
     judge = get_classifier(dataset, data_dir)
     reference = get_reference(dataset, data_dir, judge)
     out = {"judge": {"accuracy": classifier_accuracy(dataset), "fingerprint": judge_fingerprint(judge),
                      "architecture": judge.config.model_type}, "scores": {}}
     for f in files:
-        s = score_digits(load_images(f), judge, reference)
+        s = score_images(load_images(f), judge, reference)
         out["scores"][str(f)] = {k: v for k, v in s.items() if k != "class_histogram"}
         print(f"{f}: FID {s['fid']:.3f} (floor {s['fid_floor']:.3f}), KID {s['kid']:.4f}", flush=True)
     return out

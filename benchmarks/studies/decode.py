@@ -1,7 +1,7 @@
 """Where the autoencoder's decode spends its time on the CPU, and which ways of running it are faster.
 
-    python -m benchmarks.decode --autoencoder runs/demo/autoencoder --data_dir ../shared/data/mnist
-    python -m benchmarks.decode --autoencoder runs/demo/autoencoder --data_dir ../shared/data/mnist \
+    python -m benchmarks.studies.decode --autoencoder runs/demo/autoencoder --data_dir ../shared/data/mnist
+    python -m benchmarks.studies.decode --autoencoder runs/demo/autoencoder --data_dir ../shared/data/mnist \
         --pipeline runs/demo/pipeline --rounds 9
 
 Encodes real test digits to latents (so the decoder sees what it sees in sampling), then:
@@ -42,7 +42,7 @@ import torch
 
 from benchmarks.common import add_commit_option, hardware, int_list, machine_name, provenance, save_result
 from pipeline.autoencoder import ChannelAttention, CABAutoencoder
-from pipeline.data import load_digits, to_model_input
+from pipeline.data import load_idx_dataset
 from pipeline.latent_cache import load_autoencoder
 from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
 
@@ -259,7 +259,7 @@ def stage_seconds(ae, z, rounds):
 
 def conv_macs(ae):
     """{stage: multiply-accumulates of the decoder's convolutions per image}: the static share of each stage."""
-    macs, size = defaultdict(int), ae.latent_size
+    macs = defaultdict(int)
     for label, modules in decoder_stages(ae):
         for m in torch.nn.Sequential(*modules).modules():
             if isinstance(m, torch.nn.Conv2d):
@@ -407,12 +407,12 @@ def run(args):
     threads = torch.get_num_threads()
     ae = load_autoencoder(args.autoencoder).eval()
     n_latents = max(args.batch, *(args.batches if "batch" in args.variants else [args.batch]))
-    images, _ = load_digits("test", data_dir=args.data_dir)
+    images, _ = load_idx_dataset("test", data_dir=args.data_dir)
     if len(images) < n_latents:
         raise SystemExit(f"the test split has {len(images)} digits; ask for at most that many (--batch, --batches)")
     originals = images[:args.batch]
     with torch.no_grad():
-        x = to_model_input(images[:n_latents], ae.config.sample_size)
+        x = ae.image_processor.preprocess(images[:n_latents])
         if x.shape[1] != ae.config.in_channels:
             raise SystemExit(f"the autoencoder takes {ae.config.in_channels} channels; the data has {x.shape[1]}")
         z = torch.cat([ae.encode(x[i:i + 1000]).latents for i in range(0, len(x), 1000)])

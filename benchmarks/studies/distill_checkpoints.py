@@ -1,6 +1,6 @@
 """Score every checkpoint of a consistency-distillation run, at several timestep schedules: when to stop, how to sample.
 
-    python -m benchmarks.distill_checkpoints --run runs/demo/fast --schedules "2;999,699;4;999,799,599,399" \
+    python -m benchmarks.studies.distill_checkpoints --run runs/demo/fast --schedules "2;999,699;4;999,799,599,399" \
         --num_samples 2000 --seeds 0 --data_dir ../shared/data/mnist
 
 A distillation's few-step quality peaks and then degrades at a point that depends on the target network's decay,
@@ -79,7 +79,7 @@ def main(argv=None):
 
     from pipeline.classifier import get_classifier
     from pipeline.sampling import sample_images
-    from pipeline.metrics import get_reference, score_digits
+    from pipeline.metrics import get_reference, score_images
     from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
 
     pipe = LatentDDPMPipeline.from_pretrained(run)
@@ -90,7 +90,7 @@ def main(argv=None):
     for n, timesteps in args.schedules:
         try:  # the pipeline's own checks, before any sampling
             pipe.check_inputs(1, n, 1.0, None, "np", None, [], timesteps)
-            pipe._check_consistency_scheduler(n)
+            pipe._student_timesteps(n, timesteps)
         except ValueError as e:
             raise SystemExit(f"error: --schedules {label((n, timesteps))}: {e}")
     classifier = get_classifier(data_dir=args.data_dir, device="cpu")
@@ -104,7 +104,7 @@ def main(argv=None):
             per_seed = []
             for seed in args.seeds:
                 digits = sample_images(pipe, args.num_samples, args.batch_size, n, seed)
-                scores = score_digits(digits, classifier, reference)
+                scores = score_images(digits, classifier, reference)
                 per_seed.append({k: float(scores[k]) for k in KEYS})
             mean = {k: float(np.mean([p[k] for p in per_seed])) for k in KEYS}
             rows.append({"checkpoint": step, "schedule": label(s), "num_inference_steps": n,

@@ -1,6 +1,6 @@
 """How long must the autoencoder train? Its scores at every checkpoint of one run.
 
-    python -m benchmarks.autoencoder_steps --autoencoder runs/autoencoder --data_dir DIR
+    python -m benchmarks.studies.autoencoder_steps --autoencoder runs/autoencoder --data_dir DIR
 
 A latent model decoded by an autoencoder cannot score better than real digits passed through that
 autoencoder (the `reconstructed` scores of pipeline.evaluate). For every complete checkpoint-N of a
@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from benchmarks.common import add_commit_option, hardware, machine_name, provenance, save_result
-from pipeline.training import STATE_FILE, checkpoint_folders, checkpoint_is_complete
+from pipeline.checkpoints import STATE_FILE, checkpoint_folders, checkpoint_is_complete
 
 
 def parse_args(argv=None):
@@ -90,14 +90,14 @@ def main(argv=None):
     folder = run_folder(args.autoencoder)
     from pipeline.autoencoder import CABAutoencoder
     from pipeline.classifier import get_classifier
-    from pipeline.data import load_digits
+    from pipeline.data import load_idx_dataset
     from pipeline.evaluate import score_reconstructions
     from pipeline.latent_cache import encode_decode
     from pipeline.metrics import FLOOR_SIZE, get_reference, psnr_ssim
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    test_x, _ = load_digits("test", dataset=args.dataset, data_dir=args.data_dir)
-    train_x, _ = load_digits("train", dataset=args.dataset, data_dir=args.data_dir)
+    test_x, _ = load_idx_dataset("test", dataset=args.dataset, data_dir=args.data_dir)
+    train_x, _ = load_idx_dataset("train", dataset=args.dataset, data_dir=args.data_dir)
     classifier = get_classifier(args.dataset, args.data_dir, device="cpu")  # the benchmark's judge (run_benchmark.py)
     reference = get_reference(args.dataset, args.data_dir, classifier)
     saved = CABAutoencoder.from_pretrained(folder).to(device)
