@@ -10,7 +10,6 @@ takes its channels and size from the data.
 """
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,6 @@ from .image_data import load_images, write_data_record
 from .latent_cache import encode_decode, encode_images
 from .metrics import psnr_ssim
 
-logger = logging.getLogger("train_autoencoder")
 # Besides checkpoints.RESUME_FIXED: the autoencoder's shape. A resume with it changed would fail or train another model.
 RESUME_FIXED = ("autoencoder",)
 
@@ -37,11 +35,7 @@ def main(argv):
 
 def train(cfg):
     """One run of this stage with the resolved options `cfg`."""
-    clock = training.Stopwatch()
-    accelerator = training.make_accelerator(cfg)
-    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING)
-    logging.getLogger("accelerate").setLevel(logging.WARNING)
-    training.announce(accelerator, cfg)
+    accelerator, clock = training.start(cfg)
     out = Path(cfg.output_dir)
     clock.lap("set-up")
 

@@ -19,7 +19,6 @@ checkpoints pipeline/checkpoints.py's.
 import copy
 import inspect
 import json
-import logging
 from pathlib import Path
 
 import torch
@@ -35,7 +34,6 @@ from .latent_cache import autoencoder_fingerprint, cached_latents, training_imag
 from .pipeline_latent_ddpm import LatentDDPMPipeline
 from .schedulers import noise_schedule
 
-logger = logging.getLogger("distill_latent_ddpm")
 # Besides checkpoints.RESUME_FIXED: what decides the student's targets. The teacher itself is a fingerprint fact.
 RESUME_FIXED = ("num_ddim_timesteps", "guidance_scale", "class_dropout", "ema_decay", "huber_c", "timestep_scaling")
 TARGET_DIR = "unet_target"
@@ -159,11 +157,7 @@ def main(argv):
 
 def train(cfg):
     """One run of this stage with the resolved options `cfg`."""
-    clock = training.Stopwatch()
-    accelerator = training.make_accelerator(cfg)
-    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING)
-    logging.getLogger("accelerate").setLevel(logging.WARNING)
-    training.announce(accelerator, cfg)
+    accelerator, clock = training.start(cfg)
     out = Path(cfg.output_dir)
     if out.resolve() == Path(cfg.teacher).resolve():
         raise UserError("--output_dir is the --teacher folder; the student needs a folder of its own")

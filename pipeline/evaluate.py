@@ -53,7 +53,7 @@ from pipeline.guidance import guidance_sweep, parse_scales
 from pipeline.image_data import load_images
 from pipeline.judge_data import run_data_options, judge_for, model_kind, pick_dataset
 from pipeline.latent_cache import encode_decode, load_autoencoder
-from pipeline.metrics import FLOOR_SIZE, get_reference, judge_fingerprint, psnr_ssim, score_images
+from pipeline.metrics import FLOOR_SIZE, get_reference, judge_fingerprint, memorisation, psnr_ssim, score_images
 from pipeline.pipeline_latent_ddpm import LatentDDPMPipeline
 from pipeline.sampling import MIN_SAMPLES, output_folder, sample_images
 from pipeline.schedulers import (DEFAULT_SAMPLER, DEFAULT_STEPS, check_steps, default_sampling, parse_scheduler,
@@ -149,6 +149,12 @@ def print_table(metrics: dict):
     print(f"{classes:16}{hist}")
     print(f"speed           {metrics['images_per_second']:.1f} images/s "
           f"({metrics['scheduler']}, {metrics['num_inference_steps']} steps)")
+    print_memorisation(metrics)
+
+
+def print_memorisation(metrics: dict):
+    print(f"memorisation    {metrics['nn_distance']:.4g} median RMS distance of a sample to its nearest training "
+          f"image; held-out real images: {metrics['nn_distance_held_out']:.4g} (far below it: copies)")
 
 
 def score_reconstructions(autoencoder, classifier, reference, num_samples, train_images, batch_size=1000) -> dict:
@@ -201,6 +207,7 @@ def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=
 
     metrics = score_images(images, classifier, reference)
     metrics.update(score_reconstructions(pipe.autoencoder, classifier, reference, num_samples, train_images, batch_size))
+    metrics.update(memorisation(images, train_images, data.load("test")[0][:num_samples]))
     metrics.update(scheduler=scheduler, num_inference_steps=num_inference_steps, seed=seed, batch_size=batch_size,
                    device=str(pipe.device), sampling_seconds=round(seconds, 3),
                    images_per_second=round(num_samples / seconds, 2),
@@ -222,7 +229,11 @@ def _samples_only(pipe, out, source, reason, num_samples, batch_size, num_infere
                    device=str(pipe.device), sampling_seconds=round(seconds, 3),
                    images_per_second=round(num_samples / seconds, 2), num_samples=num_samples,
                    dataset=source.train_data_dir or source.dataset, fid=None, not_scored=reason)
+    size, channels = pipe.image_size, pipe.num_channels  # the training and held-out images, as the model saw them
+    metrics.update(memorisation(images, load_images("train", source, size, channels).images,
+                                load_images("test", source, size, channels).images[:num_samples]))
     print(f"speed           {metrics['images_per_second']:.1f} images/s ({scheduler}, {num_inference_steps} steps)")
+    print_memorisation(metrics)
     print(reason)
     _write_metrics(metrics, out)
     return metrics

@@ -7,7 +7,6 @@ samples.png, denoising.png, grid_diffusion.gif, loss.png, timings.json (seconds 
 and TensorBoard logs.
 """
 
-import logging
 from pathlib import Path
 
 import torch
@@ -24,7 +23,6 @@ from .latent_cache import autoencoder_fingerprint, cached_latents, load_autoenco
 from .pipeline_latent_ddpm import LatentDDPMPipeline
 from .schedulers import make_scheduler, make_train_scheduler, with_scheduler
 
-logger = logging.getLogger("train_latent_ddpm")
 NUM_IDX_CLASSES = 10  # MNIST and Fashion-MNIST; other datasets say how many classes they have
 # Besides checkpoints.RESUME_FIXED: the options that shape the model, its objective and its EMA. A resume
 # with any of them changed would fail or train another model; the learning rate and its schedule may change.
@@ -82,11 +80,7 @@ def main(argv):
 
 def train(cfg):
     """One run of this stage with the resolved options `cfg`."""
-    clock = training.Stopwatch()
-    accelerator = training.make_accelerator(cfg)
-    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING)
-    logging.getLogger("accelerate").setLevel(logging.WARNING)
-    training.announce(accelerator, cfg)
+    accelerator, clock = training.start(cfg)
     out = Path(cfg.output_dir)
     set_seed(cfg.seed)
 

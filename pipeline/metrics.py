@@ -193,6 +193,29 @@ def _summary(images, classifier, reference: Reference) -> dict:
     return out
 
 
+def nearest_distances(images_uint8, pool_uint8, batch_size=250) -> np.ndarray:
+    """For each image, the RMS pixel difference (on the 0-1 scale) to its nearest image in `pool` (N, ...) of the
+    same shape: 0 for an exact copy. The neighbour is found with one matrix product per batch, its distance then
+    computed exactly."""
+    if np.asarray(images_uint8).shape[1:] != np.asarray(pool_uint8).shape[1:]:
+        raise ValueError(f"images {np.asarray(images_uint8).shape[1:]} and pool {np.asarray(pool_uint8).shape[1:]} "
+                         "differ in shape")
+    pool = torch.as_tensor(np.asarray(pool_uint8)).reshape(len(pool_uint8), -1).float() / 255
+    found = []
+    for i in range(0, len(images_uint8), batch_size):
+        x = torch.as_tensor(np.asarray(images_uint8[i:i + batch_size])).reshape(-1, pool.shape[1]).float() / 255
+        nearest = torch.cdist(x, pool).argmin(dim=1)
+        found.append((x - pool[nearest]).pow(2).mean(dim=1).sqrt())
+    return torch.cat(found).numpy()
+
+
+def memorisation(samples_uint8, train_uint8, held_out_uint8) -> dict:
+    """The median distance from a sample to its nearest training image, beside the same for held-out real images:
+    samples much nearer their training images than real unseen images are copies, not new images."""
+    return {"nn_distance": float(np.median(nearest_distances(samples_uint8, train_uint8))),
+            "nn_distance_held_out": float(np.median(nearest_distances(held_out_uint8, train_uint8)))}
+
+
 def score_images(images_uint8, classifier, reference: Reference) -> dict:
     """FID, KID, precision, recall, density, coverage, class histogram, KL to uniform, mean confidence,
     each with its `*_floor`.

@@ -30,6 +30,17 @@ from .progress import progress
 logger = logging.getLogger(__name__)
 
 
+def start(cfg):
+    """The start of every stage's run: its clock, its Accelerator, logging (info on the main process only) and the
+    line saying how it trains. Returns (accelerator, clock)."""
+    clock = Stopwatch()
+    accelerator = make_accelerator(cfg)
+    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    announce(accelerator, cfg)
+    return accelerator, clock
+
+
 def make_accelerator(cfg) -> Accelerator:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)

@@ -85,6 +85,8 @@ def test_evaluate_writes_samples_and_metrics_reproducibly(tiny_pipeline, tmp_pat
     # an untrained autoencoder cannot even pass real digits through: its ceiling is far from the floor
     assert metrics["fid_reconstructed"] > 5 * metrics["fid_floor"]
     assert "reconstructed" in proc.stdout  # the column in the printed table
+    # random weights make no copies: their samples lie further from every training digit than real unseen digits
+    assert metrics["nn_distance"] > metrics["nn_distance_held_out"] > 0 and "memorisation" in proc.stdout
     other = json.loads((b / "metrics.json").read_text())
     for key in ("fid", "precision", "recall", "class_histogram", "mean_confidence"):
         assert metrics[key] == other[key], key

@@ -193,7 +193,8 @@ def test_colour_folder_end_to_end_loads_with_plain_diffusers(tmp_path):
         "--autoencoder", str(ae), "--output_dir", str(run), "--max_train_steps", "5", "--train_batch_size", "4",
         "--checkpointing_steps", "100", "--num_inference_steps", "2", "--eval_num_samples", "10", "--num_threads", "1"])
     assert json.loads((run / "model_index.json").read_text())["class_names"] == ["circles", "squares"]
-    assert "not_scored" in json.loads((run / "evaluation" / "metrics.json").read_text())
+    metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
+    assert "not_scored" in metrics and metrics["nn_distance"] > 0 and metrics["nn_distance_held_out"] > 0
     assert PIL.Image.open(run / "samples.png").mode == "RGB"
     scored = subprocess.run([sys.executable, "-m", "pipeline.evaluate", "--pipeline", str(run), "--num_samples", "10",
                              "--output_dir", str(tmp_path / "scores")], cwd=REPO, capture_output=True, text=True)

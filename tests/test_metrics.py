@@ -330,3 +330,21 @@ def test_classifier_trains_inside_no_grad(mnist_dir):
     with torch.no_grad():
         model = train_classifier(images[:512], labels[:512], epochs=1, batch_size=128)
     assert not model.training
+
+
+def test_memorisation_distance_is_zero_for_copies_and_positive_for_held_out_images(mnist_dir):
+    from pipeline.metrics import memorisation, nearest_distances
+
+    train, _ = load_idx_dataset("train", data_dir=mnist_dir)
+    test, _ = load_idx_dataset("test", data_dir=mnist_dir)
+    pool = train[:3000]
+    assert (nearest_distances(pool[:300], pool) == 0).all()  # exactly: a set against itself
+    m = memorisation(pool[:300], pool, test[:300])
+    assert m["nn_distance"] == 0 < m["nn_distance_held_out"] < 0.5
+    # one training digit copied into every sample is a copy too, however the rest of the set looks
+    assert memorisation(np.repeat(pool[:1], 10, axis=0), pool, test[:10])["nn_distance"] == 0
+    rgb = np.random.default_rng(0).integers(0, 256, (20, 3, 8, 8), dtype=np.uint8)  # colour, (N, 3, H, W)
+    assert memorisation(rgb[:5], rgb, rgb[5:10])["nn_distance_held_out"] == 0
+    assert memorisation(rgb[:5] ^ 1, rgb, rgb[:5])["nn_distance"] == pytest.approx(1 / 255, rel=1e-3)
+    with pytest.raises(ValueError, match="differ in shape"):
+        nearest_distances(rgb[:, 0], rgb)
