@@ -16,6 +16,7 @@ prefix (--autoencoder_max_train_steps, --student_learning_rate, ...). A batch th
 fit small data. With --resume_from_checkpoint latest a finished stage is not run again.
 """
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -153,13 +154,11 @@ def _stage_config(name, cls, *layers):
 
 
 def _steps(text) -> int:
+    """--student_steps as an int; its range (1 to the student's num_ddim_timesteps) is DistillConfig's to check."""
     try:
-        steps = int(text)
+        return int(text)
     except ValueError:
-        steps = 0
-    if not 1 <= steps <= 50:
-        raise UserError(f"--student_steps must be a step count such as 1, 2 or 4, got {text!r}")
-    return steps
+        raise UserError(f"--student_steps must be a step count such as 1, 2 or 4, got {text!r}") from None
 
 
 def _training_images(ae_cfg):
@@ -248,8 +247,6 @@ def last_screen(stages, seconds) -> str:
 
 
 def _json(path):
-    import json
-
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
