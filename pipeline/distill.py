@@ -275,7 +275,7 @@ def finish(pipe, cfg, out, loss_log, clock, stop, teacher_seconds):
         m = evaluate_pipeline(pipe, out / "evaluation" / f"{n}_steps", num_samples=cfg.eval_num_samples,
                               num_inference_steps=n, scheduler="lcm", seed=cfg.seed, dataset=cfg.dataset,
                               data_dir=cfg.data_dir, source=cfg)
-        if m.get("fid") is None:  # data without labels: samples and speed, no scores (evaluation says why)
+        if m.get("fid") is None:  # too few test images: samples and speed, no scores (evaluation says why)
             continue
         scores[n] = {k: m[k] for k in ("fid", "precision", "recall", "fid_floor", "precision_floor", "recall_floor")}
         scores[n]["images_per_second"] = m["images_per_second"]

@@ -26,10 +26,14 @@ guidance.png (see pipeline/guidance.py). Without it, a class-conditional pipelin
 unconditional samples (the null label), like any other.
 
 Other datasets (pipeline/image_data.py: Hub ids, image folders, colour): the data options are read
-from the run's training_config.yaml, and the judge is trained on that dataset's own labels, at the
-pipeline's size and channels (samples.npz: (N, H, W) or (N, 3, H, W)); PSNR/SSIM of colour images are
-over all channels. FID / precision / recall need labelled data: for an unlabelled dataset the
-reconstruction scores, samples and speed are written, and one line says why there is no FID.
+from the run's training_config.yaml, and the judge is trained on that dataset's own images, contrastively,
+with its labels where it has any, at the pipeline's size and channels (samples.npz: (N, H, W) or
+(N, 3, H, W)); PSNR/SSIM of colour images are over all channels. Unlabelled data gets FID, KID and
+precision/recall too; class balance and confidence need labels. With fewer than 100 test images there are no
+real statistics: samples and speed are written, and one line says why there is no FID.
+
+`--features inception|dinov2` computes FID, KID and precision/recall on a published network instead of the
+judge (pipeline/feature_networks.py): the numbers papers report, for users whose machine can fetch the weights.
 
 Same seed, same settings, same device => same samples and the same scores.
 In-process (e.g. at the end of training): `evaluate_pipeline(pipe, output_dir, ...)` and
@@ -49,6 +53,7 @@ from diffusers.utils import logging as diffusers_logging
 from pipeline.classifier import classifier_record, get_classifier
 from pipeline.data import to_uint8
 from pipeline.errors import UserError, first_line, run_cli
+from pipeline.feature_networks import FEATURES, feature_network
 from pipeline.guidance import guidance_sweep, parse_scales
 from pipeline.image_data import load_images
 from pipeline.judge_data import run_data_options, judge_for, model_kind, pick_dataset
@@ -99,6 +104,12 @@ def parse_args(argv):
     p.add_argument("--data_dir", default=None, help="folder with the four IDX files, if the Hub is unreachable")
     p.add_argument("--train_data_dir", default=None,
                    help="the image folder the model was trained on; default: the one in training_config.yaml")
+    p.add_argument("--features", choices=FEATURES, default="judge",
+                   help="the network FID, KID and precision/recall are computed on: judge (trained on the data "
+                        "itself, offline; the default), inception (torchmetrics' FID Inception, the number papers "
+                        "report) or dinov2 (FD-DINOv2; facebook/dinov2-small)")
+    p.add_argument("--features_weights", default=None, metavar="PATH",
+                   help="a local copy of the --features network: the Inception .pth, or a DINOv2 folder or Hub id")
     p.add_argument("--guidance_scales", default=None, metavar="1,2,3,5",
                    help="class-conditional pipelines: sweep these classifier-free guidance scales "
                         "(class accuracy and FID per scale, guidance.json and guidance.png)")
@@ -142,11 +153,13 @@ def print_table(metrics: dict):
     print(f"\n{'':16}{'model':>10}{'real data':>11}{'reconstructed':>15}   "
           f"({metrics['floor_num_samples']} real images vs the test split; reconstructed: through the autoencoder)")
     for key, label, hint in TABLE:
-        print(f"{label:16}{metrics[key]:10.4g}{metrics[key + '_floor']:11.4g}{metrics[key + '_reconstructed']:15.4g}"
-              f"   {hint}")
-    hist = " ".join(str(c) for c in metrics["class_histogram"])
-    classes = f"classes 0-{len(metrics['class_histogram']) - 1}"
-    print(f"{classes:16}{hist}")
+        if metrics[key] is not None:  # class balance and confidence need labels
+            print(f"{label:16}{metrics[key]:10.4g}{metrics[key + '_floor']:11.4g}"
+                  f"{metrics[key + '_reconstructed']:15.4g}   {hint}")
+    if metrics["class_histogram"] is not None:
+        hist = " ".join(str(c) for c in metrics["class_histogram"])
+        classes = f"classes 0-{len(metrics['class_histogram']) - 1}"
+        print(f"{classes:16}{hist}")
     print(f"speed           {metrics['images_per_second']:.1f} images/s "
           f"({metrics['scheduler']}, {metrics['num_inference_steps']} steps)")
     print_memorisation(metrics)
@@ -171,7 +184,8 @@ def judge_record(classifier, data) -> dict:
     """Which judge gave the scores: its architecture, weights fingerprint and test accuracy, for metrics.json."""
 
     record = classifier_record(data)
-    extra = {f"classifier_{k}": record[k] for k in ("balanced_test_accuracy", "min_accuracy", "bar_on") if k in record}
+    extra = {f"classifier_{k}": record[k] for k in ("balanced_test_accuracy", "min_accuracy", "bar_on", "objective")
+             if k in record}
     return dict(classifier_accuracy=record["test_accuracy"], **extra,
                 classifier_fingerprint=judge_fingerprint(classifier), classifier_architecture=classifier.config.model_type)
 
@@ -182,10 +196,11 @@ def _write_metrics(metrics: dict, out: Path):
 
 
 def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=DEFAULT_STEPS, scheduler=DEFAULT_SAMPLER,
-                      seed=0, batch_size=1000, dataset="ylecun/mnist", data_dir=None, source=None) -> dict:
+                      seed=0, batch_size=1000, dataset="ylecun/mnist", data_dir=None, source=None, features="judge",
+                      features_weights=None) -> dict:
     """Sample with `pipe` (left untouched: a copy gets `scheduler`), score, write the three files, return metrics.
-    `source`: the training config (or run_data_options) for data other than the IDX datasets; unlabelled data gets
-    samples and speed only."""
+    `source`: the training config (or run_data_options) for data other than the IDX datasets; data with too few
+    test images gets samples and speed only. `features`: the network the scores are computed on (FEATURES)."""
 
     if num_samples < MIN_SAMPLES:
         raise UserError(f"--num_samples {num_samples} is too few to score; use at least {MIN_SAMPLES}")
@@ -195,7 +210,7 @@ def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=
         return _samples_only(pipe, out, source, why_not, num_samples, batch_size, num_inference_steps, scheduler, seed)
     # The judge and the real images first: if they cannot be had (no data), fail before spending time on sampling.
     classifier = get_classifier(data, device=pipe.device)
-    reference = get_reference(data, classifier=classifier)
+    reference = get_reference(data, classifier=classifier, features=features, weights=features_weights)
     train_images = data.load("train")[0]
     sampler = with_scheduler(pipe, scheduler)
 
@@ -211,7 +226,7 @@ def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=
     metrics.update(scheduler=scheduler, num_inference_steps=num_inference_steps, seed=seed, batch_size=batch_size,
                    device=str(pipe.device), sampling_seconds=round(seconds, 3),
                    images_per_second=round(num_samples / seconds, 2),
-                   **judge_record(classifier, data), dataset=data.name)
+                   **judge_record(classifier, data), features=features, dataset=data.name)
     print_table(metrics)
     _write_metrics(metrics, out)
     return metrics
@@ -240,7 +255,7 @@ def _samples_only(pipe, out, source, reason, num_samples, batch_size, num_infere
 
 
 def evaluate_autoencoder(autoencoder, output_dir, batch_size=1000, dataset="ylecun/mnist", data_dir=None,
-                         num_samples=None, source=None) -> dict:
+                         num_samples=None, source=None, features="judge", features_weights=None) -> dict:
     """PSNR/SSIM of reconstructions of the first `num_samples` test images (None: all), and the judge's scores
     of as many reconstructed training images next to the floor at that size; writes metrics.json and
     reconstructions.png. Unlabelled data: PSNR/SSIM only, and the line saying why."""
@@ -267,15 +282,16 @@ def evaluate_autoencoder(autoencoder, output_dir, batch_size=1000, dataset="ylec
         return metrics
 
     classifier = get_classifier(data, device=autoencoder.device)
-    metrics.update(judge_record(classifier, data))
-    reference = get_reference(data, classifier=classifier)
+    metrics.update(judge_record(classifier, data), features=features)
+    reference = get_reference(data, classifier=classifier, features=features, weights=features_weights)
     n = min(len(originals), reference.pool_size)
     metrics.update(score_reconstructions(autoencoder, classifier, reference, n, data.load("train")[0], batch_size))
     floor = reference.floor_for(n, classifier)
     metrics.update({f"{key}_floor": floor[key] for key, _, _ in TABLE}, floor_num_samples=n)
     print(f"\n{'':16}{'reconstructed':>15}{'real data':>11}   ({n} training images vs the test split)")
     for key, label, hint in TABLE:
-        print(f"{label:16}{metrics[key + '_reconstructed']:15.4g}{metrics[key + '_floor']:11.4g}   {hint}")
+        if metrics[key + "_reconstructed"] is not None:
+            print(f"{label:16}{metrics[key + '_reconstructed']:15.4g}{metrics[key + '_floor']:11.4g}   {hint}")
     print("(the best a latent model decoded by this autoencoder can expect to score)")
     _write_metrics(metrics, out)
     return metrics
@@ -295,9 +311,12 @@ def main(argv=None):
     source = run_data_options(path, dataset, args.data_dir, args.train_data_dir)
     if args.num_samples < MIN_SAMPLES:  # before loading anything
         raise UserError(f"--num_samples {args.num_samples} is too few to score; use at least {MIN_SAMPLES}")
+    if args.features != "judge":  # its weights, before any judge is trained or sample drawn
+        feature_network(args.features, args.features_weights, device)
     if kind == "autoencoder":
         return evaluate_autoencoder(load_autoencoder(path).to(device), out, batch_size=args.batch_size,
-                                    dataset=dataset, data_dir=args.data_dir, num_samples=args.num_samples, source=source)
+                                    dataset=dataset, data_dir=args.data_dir, num_samples=args.num_samples, source=source,
+                                    features=args.features, features_weights=args.features_weights)
     pipe = load_pipeline(path, device)
     scheduler, steps = default_sampling(pipe)
     settings = dict(num_samples=args.num_samples, num_inference_steps=args.num_inference_steps or steps,
@@ -309,7 +328,8 @@ def main(argv=None):
         raise UserError(str(e))
     if args.guidance_scales is not None:
         return guidance_sweep(pipe, out, args.guidance_scales, source=source, **settings)
-    return evaluate_pipeline(pipe, out, source=source, **settings)
+    return evaluate_pipeline(pipe, out, source=source, features=args.features, features_weights=args.features_weights,
+                             **settings)
 
 
 if __name__ == "__main__":

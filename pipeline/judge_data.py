@@ -37,7 +37,7 @@ def default_min_accuracy(dataset: str) -> float:
 
 @dataclass
 class JudgeData:
-    """The labelled images a judge learns from and scores against.
+    """The images a judge learns from and scores against, with their labels where they have any.
 
     IDX digits (`source` None) are read by pipeline.data.load_idx_dataset at 28x28; any other dataset by
     pipeline.image_data.load_images from `source` (a training config) at `size` and `channels`, the
@@ -50,12 +50,8 @@ class JudgeData:
     channels: int | None = None
 
     def load(self, split: str):
-        """(uint8 images, int64 labels) of `split`, read once per process."""
-        images, labels = _load_split(self, split)
-        if labels is None:
-            raise UserError(f"{self.name} has no labels: FID / precision / recall need a judge trained on labels; "
-                            "put the images in one subfolder per class, or pass --label_column")
-        return images, labels
+        """(uint8 images, int64 labels or None for unlabelled data) of `split`, read once per process."""
+        return _load_split(self, split)
 
     @property
     def labelled(self) -> bool:
@@ -157,25 +153,18 @@ def run_data_options(path: Path, dataset: str, data_dir=None, train_data_dir=Non
     return options
 
 
-def no_judge_line(source) -> str:
-    """Why FID / precision / recall are not computed for this (unlabelled) data, in one line."""
-    return f"FID / precision / recall need labelled data (a judge is trained on the labels): {describe_source(source)} has none"
-
-
 def judge_for(source, dataset, data_dir, autoencoder):
-    """(JudgeData, None) for the data a model was trained on, at its autoencoder's size and channels;
-    (None, the reason in one line) for data without labels."""
+    """(JudgeData, None) for the data a model was trained on, at its autoencoder's size and channels, labelled
+    or not; (None, the reason in one line) for data with too few test images to score against."""
     if source is None or is_idx(source):
         return judge_data(dataset, data_dir), None
     cfg = autoencoder.config
     data = judge_data(dataset, source=source, size=cfg.image_size, channels=cfg.in_channels)
-    if not data.labelled:
-        return None, no_judge_line(source)
     n = len(data.load("test")[0])
     if n < MIN_JUDGE_TEST:
-        return None, (f"FID / precision / recall: {data.name} has {n} labelled test images; the judge's accuracy "
-                      f"and the real statistics need at least {MIN_JUDGE_TEST} (a test split, or 10x as many "
-                      "images for the 10% hold-out)")
+        return None, (f"FID / precision / recall: {data.name} has {n} test images; the real statistics (and a "
+                      f"judge's accuracy) need at least {MIN_JUDGE_TEST}: a test split, or 10x as many images for "
+                      "the 10% hold-out")
     return data, None
 
 

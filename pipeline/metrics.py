@@ -30,9 +30,11 @@ import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from pipeline.classifier import JudgeFeatures, classifier_accuracy, classifier_dir, get_classifier, predict
+from pipeline.classifier import JudgeFeatures, classifier_accuracy, classifier_dir, get_classifier, has_labels, predict
 from pipeline.errors import UserError, run_cli
+from pipeline.feature_networks import feature_network
 from pipeline.judge_data import judge_data, run_judge_data
+from pipeline.paths import cache_dir
 
 REFERENCE_FILE = "reference.npz"
 FLOORS_FILE = "floors.json"
@@ -147,6 +149,8 @@ class Reference:
     folder: object = None  # where floors.json lives
     train_images: object = None  # callable -> the first FLOOR_SIZE training images, loaded when a floor needs them
     pool_size: int = FLOOR_SIZE  # how many training images the floor draws from (fewer for a small dataset)
+    extractor: object = None  # the feature network of FID, KID and prdc; None: the judge's own (JudgeFeatures)
+    features: str = "judge"  # its name, for metrics.json: judge, inception or dinov2
 
     def floor_pick(self, num_samples: int) -> np.ndarray:
         """Which of the first `pool_size` training images make the floor for `num_samples` samples.
@@ -175,10 +179,22 @@ class Reference:
         return floors[str(num_samples)]
 
 
-def _summary(images, classifier, reference: Reference) -> dict:
+def features_of(extractor, images) -> np.ndarray:
+    """(N, num_features) float32 features of uint8 images, in batches."""
+    with torch.no_grad():
+        return torch.cat([extractor(torch.as_tensor(images[i:i + BATCH])).cpu()
+                          for i in range(0, len(images), BATCH)]).numpy()
 
-    feats, logits = predict(classifier, images)
-    extractor = JudgeFeatures(classifier)
+
+def _summary(images, classifier, reference: Reference) -> dict:
+    """FID, KID and prdc on the reference's features; class balance and confidence from the judge's labels, or None
+    for a judge of unlabelled data."""
+    extractor = reference.extractor or JudgeFeatures(classifier)
+    if reference.extractor is None:
+        feats, logits = predict(classifier, images)  # one pass gives both
+    else:
+        feats = features_of(extractor, images)
+        logits = predict(classifier, images)[1] if has_labels(classifier) else None
     fid = fid_metric(extractor, reference.fid_real_state)
     with torch.no_grad():
         for i in range(0, len(images), BATCH):
@@ -186,6 +202,8 @@ def _summary(images, classifier, reference: Reference) -> dict:
         out = dict(fid=float(fid.compute()))
         out.update(kid_scores(extractor, reference.test_features, images))
     out.update(prdc_scores(reference.test_features, feats))
+    if logits is None:
+        return dict(out, class_histogram=None, kl_to_uniform=None, mean_confidence=None)
     probs = torch.softmax(torch.as_tensor(logits), dim=1)
     hist = class_histogram(probs.argmax(1).numpy(), num_classes=probs.shape[1])
     out.update(class_histogram=[int(c) for c in hist], kl_to_uniform=kl_to_uniform(hist),
@@ -248,16 +266,18 @@ def _write_atomic(path, data: bytes):
     tmp.replace(path)  # concurrent readers see the old file or the new one
 
 
-def get_reference(dataset="ylecun/mnist", data_dir=None, classifier=None) -> Reference:
-    """Test-split statistics + the real-data floor for `dataset` (an IDX id or a JudgeData), cached beside the
-    judge (tied to its weights)."""
+def get_reference(dataset="ylecun/mnist", data_dir=None, classifier=None, features="judge", weights=None) -> Reference:
+    """Test-split statistics + the real-data floor for `dataset` (an IDX id or a JudgeData) on `features` (the
+    judge's, or a published network's: pipeline/feature_networks.py), cached beside the judge, or per feature
+    network and dataset, tied to the network's weights."""
 
     data = judge_data(dataset, data_dir)
     if classifier is None:
         classifier = get_classifier(data)
-    folder = classifier_dir(data)
+    extractor = None if features == "judge" else feature_network(features, weights, classifier.device)
+    folder = classifier_dir(data) if extractor is None else cache_dir("reference", features, data.key)
     path = folder / REFERENCE_FILE
-    fingerprint = judge_fingerprint(classifier)
+    fingerprint = judge_fingerprint(classifier) + ("" if extractor is None else judge_fingerprint(extractor))
 
     def train_images():
         return data.load("train")[0][:FLOOR_SIZE]
@@ -267,18 +287,18 @@ def get_reference(dataset="ylecun/mnist", data_dir=None, classifier=None) -> Ref
             if str(z["fingerprint"]) == fingerprint:
                 pool = int(z["pool_size"]) if "pool_size" in z else FLOOR_SIZE
                 return Reference(z["test_features"], {k: z[k] for k in FID_REAL_STATES}, json.loads(str(z["floor"])),
-                                 folder, train_images, pool)
+                                 folder, train_images, pool, extractor, features)
     (folder / FLOORS_FILE).unlink(missing_ok=True)  # floors of another judge
 
     test_x, _ = data.load("test")
-    test_feats, _ = predict(classifier, test_x)
-    fid = fid_metric(JudgeFeatures(classifier))
+    test_feats = predict(classifier, test_x)[0] if extractor is None else features_of(extractor, test_x)
+    fid = fid_metric(extractor or JudgeFeatures(classifier))
     with torch.no_grad():
         for i in range(0, len(test_x), BATCH):
             fid.update(torch.as_tensor(test_x[i:i + BATCH]), real=True)
     real_state = {k: getattr(fid, k).cpu().numpy() for k in FID_REAL_STATES}
     pool = train_images()
-    reference = Reference(test_feats, real_state, {}, folder, train_images, len(pool))
+    reference = Reference(test_feats, real_state, {}, folder, train_images, len(pool), extractor, features)
     reference.floor = _summary(pool, classifier, reference)
     reference.floor.pop("class_histogram")
     buf = io.BytesIO()
@@ -316,14 +336,17 @@ def main(argv=None):
         data = judge_data(args.dataset or "ylecun/mnist", args.data_dir)
     classifier = get_classifier(data)
     reference = get_reference(data, classifier=classifier)
-    print(f"real-data floor of {data.name} (judge test accuracy {classifier_accuracy(data):.2%}): "
+    accuracy = classifier_accuracy(data)
+    judge = f"judge test accuracy {accuracy:.2%}" if accuracy is not None else "a judge without labels"
+    print(f"real-data floor of {data.name} ({judge}): "
           f"N of the first {reference.pool_size:,} training images (a fixed random pick) against the test split")
     print(f"{'N':>7}{'FID':>9}{'KID':>10}{'precision':>11}{'recall':>9}{'density':>9}{'coverage':>10}"
           f"{'KL to uniform':>15}")
     for n in sizes:
         f = reference.floor_for(n, classifier)
         print(f"{n:>7}{f['fid']:9.4g}{f['kid']:10.2g}{f['precision']:11.4f}{f['recall']:9.4f}{f['density']:9.4f}"
-              f"{f['coverage']:10.4f}{f['kl_to_uniform']:15.4f}")
+              f"{f['coverage']:10.4f}" + (f"{f['kl_to_uniform']:15.4f}" if f["kl_to_uniform"] is not None else
+                                          f"{'(no labels)':>15}"))
 
 
 if __name__ == "__main__":
