@@ -181,11 +181,12 @@ def _model_card(pipe, metrics, has_grid, dataset, license, repo_id) -> str:
     if metrics:
         lines += ["## Evaluation", "",
                   "Measured by this project's scorer (`python -m pipeline.evaluate`): FID and KID (torchmetrics), "
-                  "precision, recall, density and coverage (prdc, k=3) on the penultimate features of a small "
-                  "transformers classifier trained on the dataset (not Inception; `classifier_*` names it), against "
-                  "the test split. Each `*_floor` "
-                  "is as many real training digits as samples (`floor_num_samples`, at most 10,000) scored the same "
-                  "way: what a perfect model would get. Each `*_reconstructed` is those real digits passed through "
+                  "precision, recall, density and coverage (prdc, k=3) on the features of a small transformers "
+                  "ResNet trained on the dataset (a classifier for digits, contrastive with the labels where there "
+                  "are any for other data; not Inception unless `features` says so; `classifier_*` names it), "
+                  "against the test split. Each `*_floor` "
+                  "is as many real training images as samples (`floor_num_samples`, at most 10,000) scored the same "
+                  "way: what a perfect model would get. Each `*_reconstructed` is those real images passed through "
                   "this pipeline's autoencoder: the best any latent model decoded by it can expect.", "",
                   "| metric | value |", "| --- | --- |"]
         lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
