@@ -140,14 +140,15 @@ def predict(classifier: PreTrainedModel, images, batch_size=1000):
     in eval mode."""
     classifier.eval()
     features = JudgeFeatures(classifier)
-    feats, logits = [], []
+    feats, logits, labelled = [], [], has_labels(classifier)
     for i in range(0, len(images), batch_size):
         f = features(images[i:i + batch_size])
         feats.append(f.cpu())
-        logits.append(classifier.classifier(f).float().cpu())
+        if labelled:
+            logits.append(classifier.classifier(f).float().cpu())
     if not feats:
         raise UserError("no images to score; generate at least one sample (--num_samples)")
-    return torch.cat(feats).numpy(), torch.cat(logits).numpy() if has_labels(classifier) else None
+    return torch.cat(feats).numpy(), torch.cat(logits).numpy() if labelled else None
 
 
 def accuracies(classifier, images, labels) -> tuple[float, float]:
@@ -232,9 +233,14 @@ MAX_SHIFT_VIEW = 4  # each view moves by up to this many pixels (edges repeated)
 LIGHTING = 0.15  # brightness and contrast change by up to this fraction
 
 
+def contrastive_batch(num_images: int) -> int:
+    """CONTRASTIVE_BATCH, or all of a smaller training split."""
+    return min(CONTRASTIVE_BATCH, num_images)
+
+
 def contrastive_steps(num_images: int) -> int:
     """CONTRASTIVE_EPOCHS over the data, within MIN_CONTRASTIVE_STEPS and MAX_CONTRASTIVE_STEPS."""
-    per_epoch = max(1, num_images // min(CONTRASTIVE_BATCH, num_images))
+    per_epoch = max(1, num_images // contrastive_batch(num_images))
     return min(MAX_CONTRASTIVE_STEPS, max(MIN_CONTRASTIVE_STEPS, CONTRASTIVE_EPOCHS * per_epoch))
 
 
@@ -260,8 +266,8 @@ def nt_xent(z: torch.Tensor, temperature: float = TEMPERATURE) -> torch.Tensor:
 
 
 @torch.enable_grad()
-def train_contrastive(images, labels=None, num_classes=0, device="cpu", steps=None,
-                      batch_size=CONTRASTIVE_BATCH, max_lr=5e-3, seed=TRAIN_SEED, desc=None) -> PreTrainedModel:
+def train_contrastive(images, labels=None, num_classes=0, device="cpu", steps=None, max_lr=5e-3, seed=TRAIN_SEED,
+                      desc=None) -> PreTrainedModel:
     """The ResNet judge trained from scratch on NT-Xent over two views of each image (a two-layer projection head,
     dropped afterwards), plus cross-entropy on the labels when there are any (`num_classes` > 0)."""
     from pipeline.progress import progress
@@ -277,7 +283,7 @@ def train_contrastive(images, labels=None, num_classes=0, device="cpu", steps=No
     opt = torch.optim.AdamW(params, lr=max_lr / 25, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=steps)
     order = torch.Generator().manual_seed(seed)
-    batch_size = min(batch_size, len(x))
+    batch_size = contrastive_batch(len(x))
     bar = progress(steps, desc=desc or "judge", disable=desc is None)
     for _ in range(steps):
         idx = torch.randperm(len(x), generator=order)[:batch_size].to(device)
@@ -306,7 +312,7 @@ def recipe(data) -> dict:
     n = len(data.load("train")[0])
     if objective(data) == "supervised":
         return dict(objective="supervised", epochs=epochs_for(n), batch_size=batch_for(n), max_shift=MAX_SHIFT)
-    return dict(objective="contrastive", steps=contrastive_steps(n), batch_size=min(CONTRASTIVE_BATCH, n),
+    return dict(objective="contrastive", steps=contrastive_steps(n), batch_size=contrastive_batch(n),
                 temperature=TEMPERATURE, max_shift=MAX_SHIFT_VIEW, lighting=LIGHTING)
 
 

@@ -23,7 +23,7 @@ from pipeline.errors import UserError
 from pipeline.image_data import DataOptions, describe_source, is_idx, load_images, saved_data_options
 from pipeline.latent_cache import load_autoencoder
 
-MIN_JUDGE_TEST = 100  # labelled test images a judge is checked on and real statistics come from, at least
+MIN_JUDGE_TEST = 100  # test images the real statistics (and a labelled judge's accuracy) come from, at least
 
 
 def dataset_key(dataset: str) -> str:
@@ -52,10 +52,6 @@ class JudgeData:
     def load(self, split: str):
         """(uint8 images, int64 labels or None for unlabelled data) of `split`, read once per process."""
         return _load_split(self, split)
-
-    @property
-    def labelled(self) -> bool:
-        return _load_split(self, "test")[1] is not None
 
     @property
     def min_accuracy(self) -> float | None:
