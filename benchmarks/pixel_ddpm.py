@@ -1,4 +1,5 @@
-"""The baseline a diffusers user would pick: pixel-space DDPM on 32x32 padded MNIST.
+"""The baseline a diffusers user would pick: pixel-space DDPM, on 32x32 padded MNIST by default and on any images
+through `processor` (benchmarks/studies/pixel_peer.py runs it on a latent run's own data).
 
 Model: diffusers' `UNet2DModel` shaped like the default of diffusers'
 examples/unconditional_image_generation/train_unconditional.py, scaled to 32x32: three
@@ -13,6 +14,7 @@ learning rate warms up over 500 steps, then follows a cosine over the time budge
 
     sampler, stats = train(images_uint8, seconds=600, device="cuda")
     digits = sampler(batch_size=100, num_inference_steps=20)    # uint8 (100, 28, 28)
+    emoji, _ = train(uint8_n_3_32_32, seconds=600, device="cpu", processor=ImageProcessor(32), max_steps=3000)
 """
 
 import contextlib
@@ -49,10 +51,12 @@ def autocast(device):
 
 
 class PixelDDPM:
-    """Sample digits from a pixel-space UNet2DModel: noise -> 32x32 image -> crop to uint8 (N, 28, 28)."""
+    """Sample images from a pixel-space UNet2DModel: noise -> padded input -> cropped uint8, (N, H, W) for one
+    channel (the digits) and (N, C, H, W) for colour. `processor` pads and crops as the latent model's data does."""
 
-    def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler):
+    def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler, processor: ImageProcessor = DIGITS):
         self.unet, self.scheduler = unet.eval(), scheduler  # `scheduler` is the training one
+        self.processor = processor
 
     @property
     def device(self):
@@ -66,9 +70,9 @@ class PixelDDPM:
         self.scheduler.save_pretrained(Path(folder) / "scheduler")
 
     @classmethod
-    def from_pretrained(cls, folder):
+    def from_pretrained(cls, folder, processor: ImageProcessor = DIGITS):
         return cls(UNet2DModel.from_pretrained(folder, subfolder="unet"),
-                   DDPMScheduler.from_pretrained(folder, subfolder="scheduler"))
+                   DDPMScheduler.from_pretrained(folder, subfolder="scheduler"), processor)
 
     def make_sampler(self, name):
         """"dpm": DPM-Solver++ as the project builds it (trailing spacing). "ddpm": the training
@@ -82,12 +86,14 @@ class PixelDDPM:
         sched = self.make_sampler(scheduler)
         sched.set_timesteps(num_inference_steps, device=self.device)
         accepts_generator = "generator" in inspect.signature(sched.step).parameters
-        x = torch.randn((batch_size, 1, 32, 32), generator=generator, device=self.device) * sched.init_noise_sigma
+        shape = (batch_size, self.unet.config.in_channels, self.processor.sample_size, self.processor.sample_size)
+        x = torch.randn(shape, generator=generator, device=self.device) * sched.init_noise_sigma
         for t in sched.timesteps:  # the loop of diffusers' DDPMPipeline, for any scheduler
             eps = self.unet(sched.scale_model_input(x, t), t).sample
             x = sched.step(eps, t, x, **({"generator": generator} if accepts_generator else {})).prev_sample
-        digits = DIGITS.postprocess(x)[:, 0]  # crop the 2-pixel padding, map [-1, 1] to [0, 1]
-        return (digits * 255).round().to(torch.uint8).cpu().numpy()
+        images = self.processor.postprocess(x)  # crop the padding, map [-1, 1] to [0, 1]
+        images = images[:, 0] if images.shape[1] == 1 else images
+        return (images * 255).round().to(torch.uint8).cpu().numpy()
 
 
 def build_unet(**overrides) -> UNet2DModel:
@@ -101,15 +107,19 @@ def lr_at(peak, step, warmup_steps, budget_fraction):
     return peak * 0.5 * (1 + math.cos(math.pi * min(budget_fraction, 1.0)))
 
 
-def train(images_uint8, seconds, device, unet_overrides=None, compile=True, seed=0, log_every=200, **hparams):
-    """Train for `seconds` of wall-clock time; return (PixelDDPM with the EMA weights, stats dict)."""
+def train(images_uint8, seconds, device, unet_overrides=None, compile=True, seed=0, log_every=200, processor=DIGITS,
+          max_steps=None, **hparams):
+    """Train for `seconds` of wall-clock time, or `max_steps` steps where given (the learning rate then follows
+    the steps: a budget set by a step rate measured alone, for runs that share the cores); return (PixelDDPM with
+    the EMA weights, stats dict). `images_uint8`: (N, H, W) or (N, C, H, W), H = W = `processor.image_size`."""
     h = {**HPARAMS, **hparams}
     device = torch.device(device)
     cuda = device.type == "cuda"
     torch.manual_seed(seed)
-    unet = build_unet(**(unet_overrides or {})).to(device).train()
+    data = processor.preprocess(images_uint8).to(device)  # the whole split on the device: (N, C, S, S) in [-1, 1]
+    shape = dict(sample_size=processor.sample_size, in_channels=data.shape[1], out_channels=data.shape[1])
+    unet = build_unet(**{**shape, **(unet_overrides or {})}).to(device).train()
     scheduler = DDPMScheduler(num_train_timesteps=h["num_train_timesteps"])
-    data = DIGITS.preprocess(images_uint8).to(device)  # the whole split on the device: (N, 1, 32, 32) in [-1, 1]
     optimizer = torch.optim.AdamW(unet.parameters(), lr=h["learning_rate"], betas=h["adam_betas"],
                                   weight_decay=h["weight_decay"], eps=h["adam_eps"], fused=cuda)
     ema = EMAModel(unet.parameters(), decay=h["ema_max_decay"], use_ema_warmup=True, inv_gamma=h["ema_inv_gamma"],
@@ -139,9 +149,12 @@ def train(images_uint8, seconds, device, unet_overrides=None, compile=True, seed
     net, compile_error = (torch.compile(unet) if compile else unet), None
     step, mark = 0, None  # mark: (step, time) once 10% of the budget is spent, for the steady-state rate
     start = time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
+    def spent(elapsed):  # the fraction of the budget used: steps where a step budget is given, else time
+        return step / max_steps if max_steps else elapsed / seconds
+
+    while spent(elapsed := time.perf_counter() - start) < 1:
         try:
-            loss = train_step(net, step, elapsed / seconds)
+            loss = train_step(net, step, spent(elapsed))
         except Exception as e:  # a torch.compile failure must not cost the whole benchmark: go on eagerly
             if net is unet or step > 0 or isinstance(e, torch.cuda.OutOfMemoryError):
                 raise
@@ -150,12 +163,12 @@ def train(images_uint8, seconds, device, unet_overrides=None, compile=True, seed
             net = unet
             continue
         step += 1
-        if mark is None and elapsed >= 0.1 * seconds:
+        if mark is None and spent(elapsed) >= 0.1:
             if cuda:
                 torch.cuda.synchronize(device)
             mark = (step, time.perf_counter())
         if step % log_every == 0:
-            print(f"pixel DDPM step {step}: loss {loss.item():.4f}, {elapsed:.0f}/{seconds:.0f} s", flush=True)
+            print(f"pixel DDPM step {step}: loss {loss.item():.4f}, {elapsed:.0f} s, {spent(elapsed):.0%}", flush=True)
     if cuda:
         torch.cuda.synchronize(device)
     end = time.perf_counter()
@@ -169,7 +182,7 @@ def train(images_uint8, seconds, device, unet_overrides=None, compile=True, seed
         final_loss=float(loss.item()) if step else None, compiled=compile and compile_error is None,
         compile_error=compile_error, parameters=sum(p.numel() for p in unet.parameters()),
         peak_gpu_memory_bytes=torch.cuda.max_memory_allocated(device) if cuda else None,
-        hyperparameters={**h, "unet": {**UNET, **(unet_overrides or {})}, "train_images": len(data),
+        hyperparameters={**h, "unet": {**UNET, **shape, **(unet_overrides or {})}, "train_images": len(data), "max_steps": max_steps,
                          "precision": "bf16 autocast" if cuda else "fp32", "lr_schedule": "warmup, cosine over time"},
     )
-    return PixelDDPM(unet.eval(), scheduler), stats
+    return PixelDDPM(unet.eval(), scheduler, processor), stats

@@ -1,7 +1,7 @@
 """Sampling measurements, the same for both models: quality per sampler, speed, memory.
 
 A "sampler" here is any callable `sampler(batch_size, num_inference_steps, scheduler,
-generator) -> uint8 (N, 28, 28)` with a `device` attribute: `LatentSampler` below wraps the
+generator) -> uint8 (N, H, W), or (N, 3, H, W) for colour,` with a `device` attribute: `LatentSampler` below wraps the
 project's LatentDDPMPipeline, benchmarks/pixel_ddpm.PixelDDPM is the baseline. Both run
 under the same precision (bf16 autocast on CUDA, fp32 on CPU), eagerly (no torch.compile,
 except where sampling_cost.py --compile asks for it), and every timing waits for the GPU and
@@ -64,8 +64,8 @@ class LatentSampler:
         if spec not in self._copies:
             self._copies[spec] = with_scheduler(self.pipe, spec)
         images = self._copies[spec](batch_size=batch_size, generator=generator, output_type="np", eta=eta,
-                                    num_inference_steps=num_inference_steps).images  # float (N, 28, 28, 1)
-        return to_uint8(images[..., 0])
+                                    num_inference_steps=num_inference_steps).images  # float (N, H, W, C)
+        return to_uint8(images[..., 0] if images.shape[-1] == 1 else images.transpose(0, 3, 1, 2))
 
 
 def check_schedulers(sampler, specs, steps):

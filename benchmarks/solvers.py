@@ -1,4 +1,4 @@
-"""Which sampler, and how few steps, for a trained pipeline: FID and digits/s per (scheduler, steps).
+"""Which sampler, and how few steps, for a trained pipeline on any data: FID and images/s per (scheduler, steps).
 
     python -m benchmarks.solvers --pipeline runs/latent_ddpm --steps 6,8,10,15,20 \
         --schedulers dpm dpm:solver_order=3 unipc unipc:solver_order=3
@@ -11,8 +11,8 @@ each cell's FID, precision and recall are the mean over the seeds (each seed's F
 
 Sampling speed is set by the number of UNet calls, so the cheapest sampler at a given quality is the one
 that needs the fewest steps. Every scheduler is a pipeline.schedulers spec (a name, options after a
-colon), built from the pipeline's own training scheduler. Each cell scores --num_samples digits from the
-same seed with the benchmark's judge and floor. Writes solvers-<gpu|cpu>-<date>.json and .md.
+colon), built from the pipeline's own training scheduler. Each cell scores --num_samples images from the
+same seed with the run's own judge and floor, as the evaluation's. Writes solvers-<gpu|cpu>-<date>.json and .md.
 """
 
 import argparse
@@ -40,7 +40,7 @@ def parse_args(argv=None):
     p.add_argument("--schedulers", nargs="+", type=solver_spec, default=["dpm", "unipc"],
                    help="scheduler specs, e.g. dpm unipc:solver_order=3 (default: dpm unipc)")
     p.add_argument("--steps", type=int_list, default=[10, 20], help="numbers of steps (default 10,20)")
-    p.add_argument("--num_samples", type=int, default=10_000, help="digits scored per cell (default 10000)")
+    p.add_argument("--num_samples", type=int, default=10_000, help="images scored per cell (default 10000)")
     p.add_argument("--batch_size", type=int, default=10_000)
     p.add_argument("--data_dir", help="folder with the four MNIST IDX files (else the Hub / local caches)")
     p.add_argument("--output", default="benchmarks/results", help="folder for the .json and .md")
@@ -55,10 +55,10 @@ def markdown(r) -> str:
     floor = r["real_data_floor"]["fid"]
     note = same_size_floor(next(iter(r["scores"].values())))  # the floor at this table's sample size
     same = f", {note}" if note else ""
-    lines = [f"FID of `{r['pipeline']}` by sampler and steps ({r['num_samples']:,} digits each; real-data floor "
-             f"{floor:.3f} on 10,000 digits{same}) on {r['hardware']['gpu'] or 'CPU'}, commit {(r['git_commit'] or 'unknown')[:7]}; "
+    lines = [f"FID of `{r['pipeline']}` by sampler and steps ({r['num_samples']:,} images each; real-data floor "
+             f"{floor:.3f}{same}) on {r['hardware']['gpu'] or 'CPU'}, commit {(r['git_commit'] or 'unknown')[:7]}; "
              f"`{r['command']}`.", "",
-             f"Each cell: FID (mean over seeds {', '.join(map(str, r.get('seeds', [r['seed']])))}) and digits/s "
+             f"Each cell: FID (mean over seeds {', '.join(map(str, r.get('seeds', [r['seed']])))}) and images/s "
              "at the scoring batch, decoding included.", "",
              "| scheduler | " + " | ".join(f"{s} steps" for s in r["steps"]) + " |",
              "|---|" + "---|" * len(r["steps"])]
@@ -81,13 +81,15 @@ def main(argv=None):
     args = parse_args(argv)
     folder = pipeline_folder(args.pipeline)
     from pipeline.classifier import get_classifier
+    from pipeline.judge_data import run_judge_data
     from pipeline.metrics import get_reference
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sampler = LatentSampler(folder, device)
     check_schedulers(sampler, args.schedulers, args.steps)  # before the judge: a bad spec fails at once
-    classifier = get_classifier(data_dir=args.data_dir, device="cpu")  # the benchmark's judge (see run_benchmark.py)
-    reference = get_reference(data_dir=args.data_dir, classifier=classifier)
+    data = run_judge_data(folder, data_dir=args.data_dir)  # the run's own data and judge, as the evaluation's
+    classifier = get_classifier(data, device="cpu")
+    reference = get_reference(data, classifier=classifier)
     runs = [(name, steps, args.num_samples) for name in args.schedulers for steps in args.steps]
     seeds = args.seeds or [args.seed]
     per_seed = [quality(sampler, runs, args.batch_size, classifier, reference, seed)[0] for seed in seeds]

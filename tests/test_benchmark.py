@@ -122,6 +122,7 @@ class ExactDenoiser(torch.nn.Module):
     def __init__(self, target, alphas_cumprod):
         super().__init__()
         self.target, self.alphas_cumprod, self.device = target, alphas_cumprod, torch.device("cpu")
+        self.config = SimpleNamespace(in_channels=target.shape[1])  # what the sampler reads of a UNet
 
     def forward(self, x, t):
         abar = self.alphas_cumprod[int(t)]
@@ -143,6 +144,23 @@ def test_pixel_sampler_returns_the_digit_an_exact_denoiser_knows(mnist_dir, sche
                   generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 28, 28) and out.dtype == np.uint8
     assert np.abs(out.astype(int) - digit.astype(int)).max() <= 2  # cropped back to the 28x28 digit
+
+
+def test_pixel_sampler_keeps_colour_at_the_processors_size():
+    """The pixel peer on colour data: an exact denoiser of one RGB image is sampled back as (N, 3, H, W) uint8."""
+    from diffusers import DDPMScheduler
+
+    from benchmarks.pixel_ddpm import PixelDDPM
+    from pipeline.autoencoder import ImageProcessor
+
+    image = np.zeros((1, 3, 16, 16), np.uint8)
+    image[0, 0, 4:12, 4:12], image[0, 2, :, 8:] = 255, 200  # a red square on a half-blue field
+    processor, train_scheduler = ImageProcessor(16), DDPMScheduler(num_train_timesteps=1000)
+    sampler = PixelDDPM(ExactDenoiser(processor.preprocess(image), train_scheduler.alphas_cumprod), train_scheduler,
+                        processor)
+    out = sampler(batch_size=2, num_inference_steps=10, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 3, 16, 16) and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - image.astype(int)).max() <= 2
 
 
 def test_schedules_comparison_trains_each_variant_as_named(mnist_dir, tiny_autoencoder_run, tmp_path):

@@ -1,0 +1,132 @@
+"""A recipe study's table: finished latent runs side by side, each at the CPU time its steps cost alone.
+
+    python -m benchmarks.studies.recipe --row "wide, batch 64=/tmp/study/b64" --row "today=runs/emoji_demo/pipeline" \
+        --peer benchmarks/results/pixel-peer-emoji-20261206.json --name emoji-recipe-cpu-20261206
+
+Each --row NAME=FOLDER is a train_latent_ddpm.py run that ended with its evaluation. From the folder: the resolved
+config (UNet, batch, steps, learning rate, EMA, augmentation, guidance), the latent shape and the autoencoder's test
+PSNR, the scores (FID, KID, precision, recall beside the real-image floor) and the class accuracy at the config's
+guidance. Runs of a study may share the cores (scores do not depend on it), so each row's cost is measured here
+instead: the UNet's training steps per second alone, on a fresh UNet of the run's shape and batch, and from it the
+seconds its steps take on quiet cores. Run this alone. --peer adds a pixel-space row (benchmarks/studies/pixel_peer.py).
+Writes NAME.json and NAME.md.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from benchmarks.common import add_commit_option, hardware, provenance, save_result
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--row", action="append", required=True, metavar="NAME=FOLDER", help="a finished latent run")
+    p.add_argument("--peer", action="append", default=[], help="a pixel_peer.py result json")
+    p.add_argument("--rate_steps", type=int, default=20, help="steps timed per row (after 3 warm-up steps)")
+    p.add_argument("--name", required=True)
+    p.add_argument("--output", default="benchmarks/results")
+    add_commit_option(p)
+    return p.parse_args(argv)
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def step_rate(unet_folder: Path, batch_size: int, steps: int) -> float:
+    """Training steps per second of a fresh UNet of this shape: forward, loss, backward, AdamW, as the loop does."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel.from_config(UNet2DModel.load_config(unet_folder)).train()
+    c = unet.config
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
+    x = torch.randn(batch_size, c.in_channels, c.sample_size, c.sample_size)
+    t = torch.randint(0, 1000, (batch_size,))
+    labels = {"class_labels": torch.randint(0, c.num_class_embeds, (batch_size,))} if c.num_class_embeds else {}
+    for i in range(steps + 3):
+        if i == 3:
+            start = time.perf_counter()
+        loss = (unet(x, t, **labels).sample - x).pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return steps / (time.perf_counter() - start)
+
+
+def row(name: str, folder: Path, rate_steps: int) -> dict:
+    cfg = yaml.safe_load((folder / "training_config.yaml").read_text())
+    unet = read_json(folder / "unet" / "config.json")
+    autoencoder = read_json(folder / "autoencoder" / "config.json")
+    ae_metrics = read_json(Path(cfg["autoencoder"]) / "metrics.json") or {}
+    metrics = read_json(folder / "evaluation" / "metrics.json") or {}
+    guidance = read_json(folder / "evaluation" / "guidance.json")
+    guided = guidance["scales"][0] if guidance else {}
+    rate = step_rate(folder / "unet", cfg["train_batch_size"], rate_steps)
+    return {
+        "name": name, "folder": str(folder),
+        "latent_shape": [unet["in_channels"], unet["sample_size"], unet["sample_size"]],
+        "autoencoder": {"folder": cfg["autoencoder"], "block_out_channels": autoencoder["block_out_channels"],
+                        "test_psnr": ae_metrics.get("psnr")},
+        "unet": {k: unet[k] for k in ("block_out_channels", "down_block_types", "up_block_types", "layers_per_block")},
+        **{k: cfg.get(k) for k in ("train_batch_size", "max_train_steps", "learning_rate", "ema_max_decay",
+                                    "random_flip", "class_dropout", "eval_guidance_scale")},
+        "steps_per_second_alone": rate, "train_seconds_alone": cfg["max_train_steps"] / rate,
+        **{k: metrics.get(k) for k in ("fid", "fid_floor", "fid_reconstructed", "kid", "kid_floor", "precision",
+                                        "recall", "num_samples")},
+        "class_accuracy": guided.get("class_accuracy"),
+        "class_accuracy_real": (guidance or {}).get("floor", {}).get("class_accuracy"),
+        "judge": metrics.get("classifier_fingerprint"),
+    }
+
+
+def peer_row(path: Path) -> dict:
+    r = json.loads(path.read_text())
+    t, s, h = r["training"], r["scores"], r["training"]["hyperparameters"]
+    return {"name": f"pixel space, UNet {list(h['unet']['block_out_channels'])}", "folder": str(path),
+            "latent_shape": None, "unet": h["unet"], "train_batch_size": h["batch_size"], "max_train_steps": t["steps"],
+            "learning_rate": h["learning_rate"], "train_seconds_alone": t["train_seconds"],
+            "threads": r.get("num_threads"), **{k: s.get(k) for k in ("fid", "fid_floor", "kid", "precision", "recall")},
+            "class_accuracy": None}
+
+
+def markdown(r) -> str:
+    lines = [f"Recipe study on {r['hardware']['cpu_count']} CPU cores, commit {(r['git_commit'] or 'unknown')[:7]}; "
+             f"`{r['command']}`. Seconds: the UNet's training steps alone on quiet cores (measured here; the pixel "
+             "row: its own training wall time). Distance: FID minus the real-image floor.", "",
+             "| recipe | latent | UNet | batch x steps | lr | seconds | FID (floor) | distance | KID | precision | "
+             "recall | class acc. at guidance |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for x in r["rows"]:
+        latent = "x".join(map(str, x["latent_shape"])) if x["latent_shape"] else "pixels"
+        acc = "" if x["class_accuracy"] is None else \
+            f"{x['class_accuracy']:.1%} ({x['class_accuracy'] / x['class_accuracy_real']:.0%} of real)"
+        lines.append(
+            f"| {x['name']} | {latent} | {list(x['unet']['block_out_channels'])} | {x['train_batch_size']} x "
+            f"{x['max_train_steps']:,} | {x['learning_rate']:g} | {x['train_seconds_alone']:.0f} | {x['fid']:.2f} "
+            f"({x['fid_floor']:.2f}) | {x['fid'] - x['fid_floor']:.2f} | {x['kid']:.3f} | {x['precision']:.3f} | "
+            f"{x['recall']:.3f} | {acc} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    rows = []
+    for spec in args.row:
+        name, _, folder = spec.partition("=")
+        rows.append(row(name, Path(folder), args.rate_steps))
+        print(f"{name}: {rows[-1]['steps_per_second_alone']:.2f} steps/s alone", flush=True)
+    rows += [peer_row(Path(p)) for p in args.peer]
+    result = {**provenance(args.name, hardware(torch.device("cpu")), args.commit), "threads": torch.get_num_threads(),
+              "rows": rows}
+    save_result(result, markdown(result), args.output)
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
