@@ -37,6 +37,11 @@ PRESETS = {
     "cpu": {"autoencoder": "autoencoder_quick.yaml", "pipeline": "latent_ddpm_quick.yaml", "student": "distill_quick.yaml"},
     "gpu": {"autoencoder": "autoencoder.yaml", "pipeline": "latent_ddpm.yaml", "student": "distill.yaml"},
 }
+# Colour images on the CPU start from the emoji study's recipe instead (docs/tuning.md: a wider UNet with attention,
+# its batch, rate and sampler), which the digits' quick configs leave as smudges.
+COLOUR_PRESETS = {"cpu": {"autoencoder": "emoji_autoencoder_quick.yaml", "pipeline": "emoji_latent_ddpm_quick.yaml"}}
+# A preset is a recipe, not data: which data, its size and whether to condition on labels are the user's to say.
+NOT_FROM_PRESETS = DATA_OPTIONS + ("resolution", "channels", "conditioning")
 # Options without a prefix that every stage takes: which data, and how this machine runs.
 SHARED = DATA_OPTIONS + ("max_train_samples", "seed", "mixed_precision", "num_threads", "report_to",
                          "resume_from_checkpoint", "compile", "compile_mode", "skip_figures")
@@ -115,7 +120,6 @@ def plan(values, prefixed, own) -> list:
     preset = own.get("preset") or ("gpu" if _cuda() else "cpu")
     if preset not in PRESETS:
         raise UserError(f"--preset {preset} is unknown; use cpu (minutes on a laptop) or gpu (the full configs)")
-    files = {k: read_yaml(CONFIGS / v) for k, v in PRESETS[preset].items()}
     top = Path(str(option_value(values, "output_dir") or LatentDDPMTrainConfig.output_dir))
     if option_value(values, "resume_from_checkpoint") not in (None, "latest"):
         raise UserError("the one command resumes with --resume_from_checkpoint latest (every stage continues at its "
@@ -123,25 +127,40 @@ def plan(values, prefixed, own) -> list:
     shared = {k: v for k, v in values.items() if k in SHARED}
     geometry = {k: v for k, v in values.items() if k in GEOMETRY}
     ae_user = read_options(prefixed["autoencoder"], AutoencoderTrainConfig)[0]
-    ae = _stage_config("autoencoder", AutoencoderTrainConfig, files["autoencoder"], shared, geometry, ae_user,
-                       {"output_dir": str(top / "autoencoder")})
-    data = {k: getattr(ae, k) for k in DATA_OPTIONS}  # what the autoencoder reads, the later stages read
     pipeline_user = {k: v for k, v in values.items() if k not in GEOMETRY}
-    latent = _stage_config("pipeline", LatentDDPMTrainConfig, files["pipeline"], pipeline_user, data,
-                           {"output_dir": str(top / "pipeline"), "autoencoder": str(top / "autoencoder")})
-    stages = [Stage("autoencoder", ae, autoencoder_training.train), Stage("pipeline", latent, latent_training.train)]
-    users = [ae_user, pipeline_user]
     student_user = read_options(prefixed["student"], DistillConfig)[0]
-    if "student_steps" in own:
-        steps = _steps(own["student_steps"])
-        student = _stage_config("student", DistillConfig, files["student"], shared, data, {"default_steps": steps},
-                                student_user, {"output_dir": str(top / "student"), "teacher": str(top / "pipeline")})
-        stages.append(Stage("student", student, distill.train))
-        users.append(student_user)
-    elif student_user:
+    if student_user and "student_steps" not in own:
         raise UserError("--student_* options were given without --student_steps N, which adds the student stage")
-    fit_batches(stages, users, len(_training_images(ae)))
+
+    def stages_from(files):
+        ae = _stage_config("autoencoder", AutoencoderTrainConfig, files["autoencoder"], shared, geometry, ae_user,
+                           {"output_dir": str(top / "autoencoder")})
+        data = {k: getattr(ae, k) for k in DATA_OPTIONS}  # what the autoencoder reads, the later stages read
+        latent = _stage_config("pipeline", LatentDDPMTrainConfig, files["pipeline"], pipeline_user, data,
+                               {"output_dir": str(top / "pipeline"), "autoencoder": str(top / "autoencoder")})
+        stages = [Stage("autoencoder", ae, autoencoder_training.train),
+                  Stage("pipeline", latent, latent_training.train)]
+        if "student_steps" in own:
+            student = _stage_config("student", DistillConfig, files["student"], shared, data,
+                                    {"default_steps": _steps(own["student_steps"])}, student_user,
+                                    {"output_dir": str(top / "student"), "teacher": str(top / "pipeline")})
+            stages.append(Stage("student", student, distill.train))
+        return stages
+
+    stages = stages_from(preset_files(preset, colour=False))  # every option checked before any image is read
+    images = _training_images(stages[0].cfg)
+    if images.ndim == 4 and preset in COLOUR_PRESETS:  # (N, 3, H, W): colour images get the colour recipe
+        stages = stages_from(preset_files(preset, colour=True))
+    fit_batches(stages, [ae_user, pipeline_user, student_user][:len(stages)], len(images))
     return stages
+
+
+def preset_files(preset: str, colour: bool) -> dict:
+    """{stage: its preset options}: the preset's YAMLs (the colour ones for colour images, where the preset has
+    them), without the options of the data, which are the user's."""
+    names = {**PRESETS[preset], **(COLOUR_PRESETS.get(preset, {}) if colour else {})}
+    return {stage: {k: v for k, v in read_yaml(CONFIGS / name).items() if k not in NOT_FROM_PRESETS}
+            for stage, name in names.items()}
 
 
 def _stage_config(name, cls, *layers):

@@ -158,8 +158,12 @@ def test_dry_run_of_a_script_writes_nothing(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*latent_ddpm*.yaml")))
 def test_every_latent_config_saves_the_measured_default_sampler(name):
-    """What `pipe()` does for a folder these configs make is the evaluation's default: SDE DPM-Solver++, 10 steps."""
+    """What `pipe()` does for a folder these configs make is what was measured best for its data: the evaluation's
+    default, SDE DPM-Solver++ at 10 steps, for the digits and clothes; DPM-Solver++ at 20 for the emoji, where the
+    SDE form scored further from the floor (docs/tuning.md)."""
     from pipeline.schedulers import DEFAULT_SAMPLER, DEFAULT_STEPS
 
     cfg = parse_config(LatentDDPMTrainConfig, ["--config", str(REPO / "configs" / name)])
-    assert (cfg.sampler, cfg.num_inference_steps) == (DEFAULT_SAMPLER, DEFAULT_STEPS) == ("sde-dpm", 10)
+    measured = ("dpm", 20) if name.startswith("emoji") else (DEFAULT_SAMPLER, DEFAULT_STEPS)
+    assert (cfg.sampler, cfg.num_inference_steps) == measured
+    assert (DEFAULT_SAMPLER, DEFAULT_STEPS) == ("sde-dpm", 10)

@@ -53,6 +53,32 @@ def test_options_reach_their_stage_in_layers(tmp_path, capsys):
     assert not (tmp_path / "run").exists()  # planning writes nothing
 
 
+def test_colour_images_start_from_the_colour_recipe_and_keep_their_data_options(tmp_path):
+    """--preset cpu: colour images start from the emoji study's recipe (a wider UNet with attention, DPM-Solver++ at
+    20 steps), grayscale ones from the digits' quick configs; either way the data, its size and the conditioning
+    are the user's, never the emoji's."""
+    from test_image_data import picture
+
+    colour = colour_folder(tmp_path / "pics", n_per_class=12)
+    gray = tmp_path / "gray" / "x"
+    gray.mkdir(parents=True)
+    for i in range(24):
+        picture("L", 16, i).save(gray / f"{i}.png")
+    runs = {}
+    for name, folder in (("colour", colour), ("gray", gray.parent)):
+        runs[name] = stage_plan(["--train_data_dir", str(folder), "--output_dir", str(tmp_path / name), "--preset", "cpu"])
+    ae, latent = runs["colour"]["autoencoder"], runs["colour"]["pipeline"]
+    assert latent.unet.block_out_channels == [64, 128] and "AttnDownBlock2D" in latent.unet.down_block_types
+    assert (latent.sampler, latent.num_inference_steps, latent.learning_rate) == ("dpm", 20, 1e-3)
+    for cfg in (ae, latent):
+        assert cfg.train_data_dir == str(colour) and cfg.dataset != "emoji-datasource-google"
+    assert (ae.resolution, ae.max_resolution, latent.conditioning) == (None, 32, "none")
+    assert latent.autoencoder == str(tmp_path / "colour" / "autoencoder")
+    gray_latent = runs["gray"]["pipeline"]
+    assert gray_latent.unet.block_out_channels == [32, 64] and gray_latent.sampler == "sde-dpm"
+    assert runs["gray"]["autoencoder"].max_train_steps != ae.max_train_steps  # each from its own preset
+
+
 def test_options_of_the_one_command_are_refused_with_a_given_autoencoder(tmp_path):
     with pytest.raises(UserError, match="--student_steps belong to the one command"):
         main(["--autoencoder", str(tmp_path / "ae"), "--student_steps", "2"])
