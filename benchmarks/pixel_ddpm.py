@@ -182,7 +182,8 @@ def train(images_uint8, seconds, device, unet_overrides=None, compile=True, seed
         final_loss=float(loss.item()) if step else None, compiled=compile and compile_error is None,
         compile_error=compile_error, parameters=sum(p.numel() for p in unet.parameters()),
         peak_gpu_memory_bytes=torch.cuda.max_memory_allocated(device) if cuda else None,
-        hyperparameters={**h, "unet": {**UNET, **shape, **(unet_overrides or {})}, "train_images": len(data), "max_steps": max_steps,
-                         "precision": "bf16 autocast" if cuda else "fp32", "lr_schedule": "warmup, cosine over time"},
+        hyperparameters={**h, "unet": {**UNET, **shape, **(unet_overrides or {})}, "train_images": len(data),
+                         "max_steps": max_steps, "precision": "bf16 autocast" if cuda else "fp32",
+                         "lr_schedule": f"warmup, cosine over {'steps' if max_steps else 'time'}"},
     )
     return PixelDDPM(unet.eval(), scheduler, processor), stats

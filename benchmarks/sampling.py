@@ -57,7 +57,7 @@ class LatentSampler:
         return self.pipe.scheduler.config.num_train_timesteps
 
     def __call__(self, batch_size=1, num_inference_steps=20, scheduler="dpm", generator=None):
-        from pipeline.data import to_uint8
+        from pipeline.sampling import pipeline_images_uint8
         from pipeline.schedulers import with_scheduler  # "dpm": DPM-Solver++, trailing spacing; "ddpm": no clipping
 
         spec, eta = split_eta(scheduler)
@@ -65,7 +65,7 @@ class LatentSampler:
             self._copies[spec] = with_scheduler(self.pipe, spec)
         images = self._copies[spec](batch_size=batch_size, generator=generator, output_type="np", eta=eta,
                                     num_inference_steps=num_inference_steps).images  # float (N, H, W, C)
-        return to_uint8(images[..., 0] if images.shape[-1] == 1 else images.transpose(0, 3, 1, 2))
+        return pipeline_images_uint8(images)
 
 
 def check_schedulers(sampler, specs, steps):

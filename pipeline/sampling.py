@@ -14,6 +14,12 @@ from pipeline.errors import UserError
 MIN_SAMPLES = 10  # precision/recall need k+1 neighbours; below this the numbers mean nothing
 
 
+def pipeline_images_uint8(images) -> np.ndarray:
+    """The pipeline's float (N, H, W, C) images in [0, 1] as scored: uint8 (N, H, W) for grayscale, (N, 3, H, W)
+    for colour."""
+    return to_uint8(images[..., 0] if images.shape[-1] == 1 else images.transpose(0, 3, 1, 2))
+
+
 def sample_images(pipe, num_samples, batch_size, num_inference_steps, seed, class_labels=None,
                   guidance_scale=1.0) -> np.ndarray:
     """uint8 (N, H, W) for grayscale pipelines, (N, 3, H, W) for colour ones: batches drawn in order from one generator seeded once on the pipeline's device.
@@ -26,7 +32,7 @@ def sample_images(pipe, num_samples, batch_size, num_inference_steps, seed, clas
                                                        guidance_scale=guidance_scale)
         images = pipe(batch_size=n, generator=generator, num_inference_steps=num_inference_steps,
                       output_type="np", **labels).images  # float32 (n, H, W, C) in [0, 1]
-        out.append(to_uint8(images[..., 0] if images.shape[-1] == 1 else images.transpose(0, 3, 1, 2)))
+        out.append(pipeline_images_uint8(images))
         print(f"sampled {start + n}/{num_samples}", flush=True)
     return np.concatenate(out)
 
