@@ -48,6 +48,15 @@ def read(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def judge_line(p: dict) -> str:
+    """What the judge scored on real test images: its accuracy and bar, or why it gives no class scores."""
+    if p.get("classifier_why_no_classes"):
+        return f"features only: {p['classifier_why_no_classes']}"
+    bar = (f"; balanced {p['classifier_balanced_test_accuracy']:.1%}, bar {p['classifier_min_accuracy']:.1%} "
+           f"on {p['classifier_bar_on']}" if p.get("classifier_bar_on") else "")
+    return f"accuracy {p['classifier_accuracy']:.1%}{bar}"
+
+
 def main(argv=None):
     args = parse_args(argv)
     out = Path(args.output_dir).resolve()
@@ -98,9 +107,7 @@ def report(r: dict, name: str) -> str:
                      f"SSIM {ae['ssim']:.3f} |")
     if p.get("fid") is not None:
         n = p["num_samples"]
-        bar = (f"; balanced {p['classifier_balanced_test_accuracy']:.1%}, bar {p['classifier_min_accuracy']:.1%} "
-               f"on {p['classifier_bar_on']}" if "classifier_bar_on" in p else "")
-        lines += [f"| judge, real test images | accuracy {p['classifier_accuracy']:.1%}{bar} |",
+        lines += [f"| judge, real test images | {judge_line(p)} |",
                   f"| FID, {n} samples (floor, reconstructed floor) | {p['fid']:.2f} ({p['fid_floor']:.2f}, "
                   f"{ae.get('fid_reconstructed', float('nan')):.2f}) |",
                   f"| precision / recall (floor) | {p['precision']:.3f} / {p['recall']:.3f} "

@@ -50,7 +50,7 @@ import torch
 
 from diffusers.utils import logging as diffusers_logging
 
-from pipeline.classifier import classifier_record, get_classifier
+from pipeline.classifier import classifier_accuracy, classifier_record, get_classifier, why_no_classes
 from pipeline.data import to_uint8
 from pipeline.errors import UserError, first_line, run_cli
 from pipeline.feature_networks import FEATURES, feature_network
@@ -186,7 +186,7 @@ def judge_record(classifier, data) -> dict:
     record = classifier_record(data)
     extra = {f"classifier_{k}": record[k] for k in ("balanced_test_accuracy", "min_accuracy", "bar_on", "objective")
              if k in record}
-    return dict(classifier_accuracy=record["test_accuracy"], **extra,
+    return dict(classifier_accuracy=classifier_accuracy(data), classifier_why_no_classes=why_no_classes(data), **extra,
                 classifier_fingerprint=judge_fingerprint(classifier), classifier_architecture=classifier.config.model_type)
 
 

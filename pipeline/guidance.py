@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.classifier import classifier_accuracy, get_classifier, predict
+from pipeline.classifier import classifier_accuracy, get_classifier, predict, why_no_classes
 from pipeline.errors import UserError
 from pipeline.judge_data import judge_for
 from pipeline.metrics import get_reference, score_images
@@ -74,6 +74,9 @@ def guidance_sweep(pipe, output_dir, guidance_scales, num_samples=10_000, num_in
         raise UserError(f"--guidance_scales measures class accuracy with the judge: {why_not}")
     out = output_folder(output_dir)
     classifier = get_classifier(data, device=pipe.device)
+    if why_no_classes(data) is not None:
+        raise UserError(f"--guidance_scales measures class accuracy with the judge, but {why_no_classes(data)}; "
+                        "score the samples without it (FID, KID, prdc): drop --guidance_scales")
     if classifier.config.num_labels != num_classes:
         raise UserError(f"the pipeline has {num_classes} classes but the {data.name} judge has "
                         f"{classifier.config.num_labels}; pass the --dataset it was trained on")

@@ -226,7 +226,9 @@ def finish(pipe, cfg, out, loss_log, clock, stop):
         metrics = evaluate_pipeline(pipe, num_samples=cfg.eval_num_samples, num_inference_steps=cfg.num_inference_steps,
                                     scheduler=cfg.sampler, seed=cfg.seed, output_dir=out / "evaluation",
                                     dataset=cfg.dataset, data_dir=cfg.data_dir, source=cfg)
-        if cfg.conditioning == "class" and metrics.get("fid") is not None:
+        if cfg.conditioning == "class" and metrics.get("classifier_why_no_classes") is not None:
+            print(f"no class accuracy: {metrics['classifier_why_no_classes']}")
+        elif cfg.conditioning == "class" and metrics.get("fid") is not None:
             metrics.update(class_accuracy_check(pipe, cfg, out / "evaluation"))
         clock.lap("evaluation")
     # The model card again, now with the sample grid and the measured metrics.

@@ -197,3 +197,34 @@ def test_an_unlabelled_folder_is_scored_end_to_end(tmp_path, digit_folders, caps
     floors(["--pipeline", str(tmp_path / "run" / "pipeline"), "--sizes", "10,20"])
     out = capsys.readouterr().out
     assert "a judge without labels" in out and out.count("(no labels)") == 2
+
+
+@pytest.mark.slow
+def test_labels_that_do_not_follow_the_images_leave_features_only(tmp_path, mnist_dir, capsys):
+    """A folder filed by something the pictures do not show (here digits under random labels, as icons filed by
+    what they are for): the judge cannot learn the labels, says so in one line, and scores on its features. A
+    class-conditional run on it still ends with FID and prdc, and no class accuracy; asking for one is one line."""
+    from conftest import TINY_AE, run_script
+
+    images, _ = load_idx_dataset("train", data_dir=mnist_dir)
+    random_labels = np.random.default_rng(0).integers(0, 3, NUM_IMAGES)
+    folder = write_folder(tmp_path / "filed", images[:NUM_IMAGES], random_labels)
+    r = run_script("train_latent_ddpm.py", [
+        "--preset", "cpu", "--train_data_dir", str(folder), "--output_dir", str(tmp_path / "run"),
+        "--conditioning", "class", "--eval_guidance_scale", "1.5",
+        "--autoencoder_max_train_steps", "10", "--autoencoder_tsne_num_points", "20", "--max_train_steps", "5",
+        "--eval_num_samples", "21", "--num_inference_steps", "2", "--num_threads", "1",
+        *[a.replace("--autoencoder.", "--autoencoder_autoencoder.") for a in TINY_AE]])
+    assert "they do not follow how the images look" in r.stdout and "no class accuracy:" in r.stdout
+    metrics = json.loads((tmp_path / "run" / "pipeline" / "evaluation" / "metrics.json").read_text())
+    assert metrics["fid"] > metrics["fid_floor"] > 0 and 0 <= metrics["precision"] <= 1
+    assert metrics["class_histogram"] is None and metrics["classifier_accuracy"] is None
+    assert "balanced accuracy" in metrics["classifier_why_no_classes"]
+    assert "class_accuracy" not in metrics and not (tmp_path / "run" / "pipeline" / "evaluation" / "guidance.json").exists()
+
+    r = subprocess.run([sys.executable, "-m", "pipeline.evaluate", "--pipeline", str(tmp_path / "run" / "pipeline"),
+                        "--guidance_scales", "1.5", "--num_samples", "21", "--output_dir", str(tmp_path / "guided")],
+                       cwd=REPO, capture_output=True, text=True)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and "Traceback" not in r.stderr and len(lines) == 1
+    assert "--guidance_scales" in lines[0] and "do not follow how the images look" in lines[0]
