@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from pipeline.classifier import JudgeFeatures, classifier_accuracy, classifier_dir, get_classifier, has_labels, predict
+from pipeline.classifier import classifier_accuracy, classifier_dir, get_classifier, has_labels, predict
 from pipeline.errors import UserError, run_cli
 from pipeline.feature_networks import feature_network
 from pipeline.judge_data import judge_data, run_judge_data
@@ -106,8 +106,21 @@ def prdc_scores(real_features, fake_features, nearest_k=NEAREST_K) -> dict:
     return {k: float(v) for k, v in out.items()}
 
 
+class GivenFeatures(torch.nn.Module):
+    """The "feature extractor" torchmetrics' FID and KID get for features already computed: it passes them on, so
+    that one pass of the feature network serves FID, KID and prdc."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
 def fid_metric(extractor, real_state=None):
-    """torchmetrics' FID with the judge as its feature extractor, starting from cached real statistics."""
+    """torchmetrics' FID on `extractor`'s features (GivenFeatures: features already computed), starting from
+    cached real statistics."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     # sync_on_compute=False: the scores are taken on one process (the main one, at the end of a run on several);
@@ -120,7 +133,8 @@ def fid_metric(extractor, real_state=None):
 
 
 def kid_scores(extractor, real_features, images) -> dict:
-    """torchmetrics' KID (polynomial kernel MMD, unbiased) between the test split and `images`, seeded."""
+    """torchmetrics' KID (polynomial kernel MMD, unbiased) between the test split and `images` (with GivenFeatures:
+    their features), seeded."""
     from torchmetrics.image.kid import KernelInceptionDistance
 
     n = min(len(images), len(real_features))
@@ -189,18 +203,18 @@ def features_of(extractor, images) -> np.ndarray:
 def _summary(images, classifier, reference: Reference) -> dict:
     """FID, KID and prdc on the reference's features; class balance and confidence from the judge's labels, or None
     for a judge of unlabelled data."""
-    extractor = reference.extractor or JudgeFeatures(classifier)
     if reference.extractor is None:
         feats, logits = predict(classifier, images)  # one pass gives both
     else:
-        feats = features_of(extractor, images)
+        feats = features_of(reference.extractor, images)
         logits = predict(classifier, images)[1] if has_labels(classifier) else None
-    fid = fid_metric(extractor, reference.fid_real_state)
+    given = GivenFeatures(feats.shape[1])  # FID and KID on these same features: no second pass
+    fid = fid_metric(given, reference.fid_real_state)
     with torch.no_grad():
-        for i in range(0, len(images), BATCH):
-            fid.update(torch.as_tensor(images[i:i + BATCH]), real=False)
+        for i in range(0, len(feats), BATCH):
+            fid.update(torch.as_tensor(feats[i:i + BATCH]), real=False)
         out = dict(fid=float(fid.compute()))
-        out.update(kid_scores(extractor, reference.test_features, images))
+        out.update(kid_scores(given, reference.test_features, feats))
     out.update(prdc_scores(reference.test_features, feats))
     if logits is None:
         return dict(out, class_histogram=None, kl_to_uniform=None, mean_confidence=None)
@@ -292,10 +306,10 @@ def get_reference(dataset="ylecun/mnist", data_dir=None, classifier=None, featur
 
     test_x, _ = data.load("test")
     test_feats = predict(classifier, test_x)[0] if extractor is None else features_of(extractor, test_x)
-    fid = fid_metric(extractor or JudgeFeatures(classifier))
+    fid = fid_metric(GivenFeatures(test_feats.shape[1]))
     with torch.no_grad():
-        for i in range(0, len(test_x), BATCH):
-            fid.update(torch.as_tensor(test_x[i:i + BATCH]), real=True)
+        for i in range(0, len(test_feats), BATCH):
+            fid.update(torch.as_tensor(test_feats[i:i + BATCH]), real=True)
     real_state = {k: getattr(fid, k).cpu().numpy() for k in FID_REAL_STATES}
     pool = train_images()
     reference = Reference(test_feats, real_state, {}, folder, train_images, len(pool), extractor, features)
