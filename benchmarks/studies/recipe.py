@@ -8,7 +8,8 @@ config (UNet, batch, steps, learning rate, EMA, augmentation, guidance), the lat
 PSNR, the scores (FID, KID, precision, recall beside the real-image floor) and the class accuracy at the config's
 guidance. Runs of a study may share the cores (scores do not depend on it), so each row's cost is measured here
 instead: the UNet's training steps per second alone, on a fresh UNet of the run's shape and batch, and from it the
-seconds its steps take on quiet cores. Run this alone. --peer adds a pixel-space row (benchmarks/studies/pixel_peer.py).
+seconds its steps take on quiet cores. Run this alone. --peer adds a pixel-space row (benchmarks/studies/pixel_peer.py),
+its cost measured the same way.
 Writes NAME.json and NAME.md.
 """
 
@@ -38,12 +39,12 @@ def read_json(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def step_rate(unet_folder: Path, batch_size: int, steps: int) -> float:
-    """Training steps per second of a fresh UNet of this shape: forward, loss, backward, AdamW, as the loop does."""
+def step_rate(unet_config: dict, batch_size: int, steps: int) -> float:
+    """Training steps per second of a fresh UNet of this config: forward, loss, backward, AdamW, as the loop does."""
     from diffusers import UNet2DModel
 
     torch.manual_seed(0)
-    unet = UNet2DModel.from_config(UNet2DModel.load_config(unet_folder)).train()
+    unet = UNet2DModel.from_config(unet_config).train()
     c = unet.config
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
     x = torch.randn(batch_size, c.in_channels, c.sample_size, c.sample_size)
@@ -67,7 +68,7 @@ def row(name: str, folder: Path, rate_steps: int) -> dict:
     metrics = read_json(folder / "evaluation" / "metrics.json") or {}
     guidance = read_json(folder / "evaluation" / "guidance.json")
     guided = guidance["scales"][0] if guidance else {}
-    rate = step_rate(folder / "unet", cfg["train_batch_size"], rate_steps)
+    rate = step_rate(unet, cfg["train_batch_size"], rate_steps)
     return {
         "name": name, "folder": str(folder),
         "latent_shape": [unet["in_channels"], unet["sample_size"], unet["sample_size"]],
@@ -85,20 +86,22 @@ def row(name: str, folder: Path, rate_steps: int) -> dict:
     }
 
 
-def peer_row(path: Path) -> dict:
+def peer_row(path: Path, rate_steps: int) -> dict:
+    """A pixel_peer.py result, its cost measured as the latent rows' is: its UNet's steps alone, on a fresh one."""
     r = json.loads(path.read_text())
     t, s, h = r["training"], r["scores"], r["training"]["hyperparameters"]
+    rate = step_rate(h["unet"], h["batch_size"], rate_steps)
     return {"name": f"pixel space, UNet {list(h['unet']['block_out_channels'])}", "folder": str(path),
             "latent_shape": None, "unet": h["unet"], "train_batch_size": h["batch_size"], "max_train_steps": t["steps"],
-            "learning_rate": h["learning_rate"], "train_seconds_alone": t["train_seconds"],
-            "threads": r.get("num_threads"), **{k: s.get(k) for k in ("fid", "fid_floor", "kid", "precision", "recall")},
-            "class_accuracy": None}
+            "learning_rate": h["learning_rate"], "steps_per_second_alone": rate, "train_seconds_alone": t["steps"] / rate,
+            "train_seconds_wall": t["train_seconds"], "threads": r.get("num_threads"),
+            **{k: s.get(k) for k in ("fid", "fid_floor", "kid", "precision", "recall")}, "class_accuracy": None}
 
 
 def markdown(r) -> str:
     lines = [f"Recipe study on {r['hardware']['cpu_count']} CPU cores, commit {(r['git_commit'] or 'unknown')[:7]}; "
-             f"`{r['command']}`. Seconds: the UNet's training steps alone on quiet cores (measured here; the pixel "
-             "row: its own training wall time). Distance: FID minus the real-image floor.", "",
+             f"`{r['command']}`. Seconds: the UNet's training steps alone on quiet cores (measured here, the pixel "
+             "rows too). Distance: FID minus the real-image floor.", "",
              "| recipe | latent | UNet | batch x steps | lr | seconds | FID (floor) | distance | KID | precision | "
              "recall | class acc. at guidance |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in r["rows"]:
@@ -120,7 +123,7 @@ def main(argv=None):
         name, _, folder = spec.partition("=")
         rows.append(row(name, Path(folder), args.rate_steps))
         print(f"{name}: {rows[-1]['steps_per_second_alone']:.2f} steps/s alone", flush=True)
-    rows += [peer_row(Path(p)) for p in args.peer]
+    rows += [peer_row(Path(p), args.rate_steps) for p in args.peer]
     result = {**provenance(args.name, hardware(torch.device("cpu")), args.commit), "threads": torch.get_num_threads(),
               "rows": rows}
     save_result(result, markdown(result), args.output)
