@@ -177,6 +177,8 @@ class LatentDDPMTrainConfig(TrainConfig):
     snr_gamma: Optional[float] = option(5.0, "min-SNR loss weighting, best in benchmarks/schedules.py; null = off")
     conditioning: str = option("none", "none / class: class-conditional UNet with label dropout for CFG")
     class_dropout: float = option(0.1, "fraction of labels dropped so one model learns both modes")
+    class_balance: float = option(0.0, "class-conditional: draw an image of a class of n images with weight "
+                                  "n**-class_balance (0: as the data holds them, 1: every class equally often)")
     use_ema: bool = option(True, "EMA weights sample better than the raw ones")
     ema_max_decay: float = option(0.9999, "cap on the EMA decay; short runs never reach it (docs/tuning.md)")
     ema_inv_gamma: float = option(1.0, "EMA warm-up: decay = 1 - (1 + step / ema_inv_gamma) ** -ema_power")
@@ -221,6 +223,12 @@ class LatentDDPMTrainConfig(TrainConfig):
             raise UserError(f"conditioning must be none or class, got {self.conditioning!r}")
         if not 0 <= self.class_dropout < 1:
             raise UserError(f"class_dropout must be in [0, 1), got {self.class_dropout}")
+        if not 0 <= self.class_balance <= 1:
+            raise UserError(f"class_balance must be in [0, 1] (0: as the data holds them, 1: every class equally "
+                            f"often), got {self.class_balance}")
+        if self.class_balance and self.conditioning != "class":
+            raise UserError("class_balance draws classes for a class-conditional model; set --conditioning class "
+                            "or drop --class_balance")
         check_eval_num_samples(self.eval_num_samples)
         if not self.eval_guidance_scale >= 0:
             raise UserError(f"eval_guidance_scale must be >= 0 (1: no guidance), got {self.eval_guidance_scale}")

@@ -293,7 +293,7 @@ def finish(pipe, cfg, out, loss_log, clock, stop, teacher_seconds):
 @torch.no_grad()
 def student_figures(pipe, cfg, out):
     """samples.png (a 10x10 grid at the folder's default step count, else the smallest but one) and
-    samples_<n>_steps.png for each step count, from the same noise; denoising.png: x_T and the digits after each
+    samples_<n>_steps.png for each step count, from the same noise; denoising.png: x_T and the images after each
     of the largest step count's steps."""
     device = pipe.unet.device
     labels = _grid_labels(pipe.unet, 100)

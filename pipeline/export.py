@@ -238,8 +238,8 @@ def _student_card(card: str, pipe, d: dict, repo_id=None) -> str:
             " classifier-free guidance folded into the target at `guidance_scale`).", "",
             "| setting | value |", "| --- | --- |", *[f"| {k} | {d.get(k)} |" for k in keys], ""]
     if d.get("scores"):
-        made += ["Scored by this project's evaluation (`pipeline.evaluate`: the features of a small MNIST classifier,"
-                 " not Inception), against as many real digits (the floor):", "",
+        made += ["Scored by this project's evaluation (`pipeline.evaluate`: the features of a judge trained on the"
+                 " data itself, not Inception), against as many real images (the floor):", "",
                  "| steps | FID | precision | recall | FID floor | precision floor | recall floor |",
                  "| --- | --- | --- | --- | --- | --- | --- |"]
         made += [f"| {n} | {s['fid']:.3f} | {s['precision']:.3f} | {s['recall']:.3f} | {s['fid_floor']:.3f} | "

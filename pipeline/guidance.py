@@ -114,7 +114,7 @@ def print_table(result: dict):
         scale = "real data" if row["guidance_scale"] is None else f"{row['guidance_scale']:g}"
         print(f"{scale:>9}{row['class_accuracy']:11.4f}{row['fid']:9.4g}{row['precision']:11.4f}{row['recall']:9.4f}")
     print(f"({result['num_samples']} samples per scale, {result['scheduler']}, {result['num_inference_steps']} steps; "
-          "real data: FID etc. of real digits, class acc of the judge on the test split)")
+          "real data: FID etc. of as many real images, class acc of the judge on the test split)")
 
 
 def plot_guidance(result: dict, path):

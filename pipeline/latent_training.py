@@ -27,7 +27,7 @@ NUM_IDX_CLASSES = 10  # MNIST and Fashion-MNIST; other datasets say how many cla
 # Besides checkpoints.RESUME_FIXED: the options that shape the model, its objective and its EMA. A resume
 # with any of them changed would fail or train another model; the learning rate and its schedule may change.
 RESUME_FIXED = ("unet", "ddpm_num_steps", "ddpm_beta_schedule", "prediction_type", "snr_gamma", "conditioning",
-                "class_dropout", "use_ema", "ema_max_decay", "ema_inv_gamma", "ema_power")
+                "class_dropout", "class_balance", "use_ema", "ema_max_decay", "ema_inv_gamma", "ema_power")
 
 
 def build_unet(cfg, autoencoder, num_classes=NUM_IDX_CLASSES) -> UNet2DModel:
@@ -105,8 +105,9 @@ def train(cfg):
         if not is_idx(cfg):
             num_classes = len(class_names) if class_names else int(data.labels.max()) + 1
     unet = unet or build_unet(cfg, autoencoder, num_classes)
+    weights = training.class_weights(labels, cfg.class_balance) if cfg.class_balance else None
     order = training.BatchOrder(len(images), cfg.train_batch_size, cfg.seed,
-                                accelerator.process_index, accelerator.num_processes, accelerator.device)
+                                accelerator.process_index, accelerator.num_processes, accelerator.device, weights)
     clock.lap("data and latents")
 
     checkpoints.lock_output_dir(accelerator, out)  # one run per folder, held until this process ends

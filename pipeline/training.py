@@ -117,10 +117,12 @@ def tensorboard_writer(accelerator):
 
 class BatchOrder:
     """Which training items each process uses at each micro-step: a fresh permutation
-    per epoch from (seed, epoch), sliced into global batches, each split across ranks."""
+    per epoch from (seed, epoch), sliced into global batches, each split across ranks.
+    With `weights` (one per item), each epoch is instead as many draws with replacement, in proportion to them."""
 
-    def __init__(self, num_items, batch_size, seed, rank=0, world=1, device="cpu"):
+    def __init__(self, num_items, batch_size, seed, rank=0, world=1, device="cpu", weights=None):
         self.n, self.b, self.seed, self.rank, self.world = num_items, batch_size, seed, rank, world
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         self.device = device  # indices live where the data does: no host-to-device copy (and wait) per step
         self.per_epoch = num_items // (batch_size * world)
         if self.per_epoch < 1:
@@ -132,9 +134,19 @@ class BatchOrder:
         epoch, k = divmod(micro_step, self.per_epoch)
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g).to(self.device)
+            order = (torch.randperm(self.n, generator=g) if self.weights is None else
+                     torch.multinomial(self.weights, self.n, replacement=True, generator=g))
+            self._epoch, self._perm = epoch, order.to(self.device)
         start = (k * self.world + self.rank) * self.b
         return self._perm[start:start + self.b]
+
+
+def class_weights(labels, balance: float):
+    """Per-item draw weights: an item of a class of n items gets n**-balance (0: every item alike, as the data
+    holds its classes; 1: every class equally often)."""
+    labels = torch.as_tensor(labels).long().cpu()
+    counts = torch.bincount(labels).double()
+    return counts[labels].pow(-balance)
 
 
 def step_generator(seed, step, rank, device) -> torch.Generator:

@@ -119,6 +119,34 @@ def test_loss_fn_drops_labels_at_the_configured_rate(class_dropout):
             assert 0.15 < dropped[labels == digit].float().mean().item() < 0.45
 
 
+@pytest.mark.parametrize("balance", [0.0, 0.5, 1.0])
+def test_class_balance_draws_rare_classes_as_often_as_asked(balance):
+    """Imbalanced data (one class 80% of the images, as People and Body are 60% of the emoji): batches hold the
+    classes in proportion to n**(1 - class_balance), the same for the same seed, and cover every image in turn
+    when not balancing."""
+    from pipeline.training import BatchOrder, class_weights
+
+    labels = torch.tensor([0] * 800 + [1] * 150 + [2] * 50)
+    cfg = parse_config(LatentDDPMTrainConfig, ["--conditioning", "class", "--class_balance", str(balance)])
+    weights = class_weights(labels, cfg.class_balance) if cfg.class_balance else None
+    order = BatchOrder(len(labels), 100, seed=3, weights=weights)
+    drawn = torch.cat([order(step) for step in range(200)])  # 20 epochs of 10 batches
+    share = torch.bincount(labels[drawn], minlength=3).double() / len(drawn)
+    expected = torch.tensor([800.0, 150, 50], dtype=torch.float64).pow(1 - balance)
+    assert torch.allclose(share, expected / expected.sum(), atol=0.02)
+    assert torch.equal(drawn[:500], torch.cat([BatchOrder(len(labels), 100, seed=3, weights=weights)(s)
+                                              for s in range(5)]))
+    if balance == 0:
+        assert torch.equal(drawn[:1000].sort().values, torch.arange(1000))  # an epoch is a permutation
+
+
+@pytest.mark.parametrize("args, fix", [(["--conditioning", "class", "--class_balance", "1.5"], "[0, 1]"),
+                                       (["--class_balance", "1"], "--conditioning class")])
+def test_class_balance_out_of_range_or_unconditional_is_one_line(args, fix):
+    with pytest.raises(UserError, match=fix.replace("[", r"\[").replace("]", r"\]")):
+        parse_config(LatentDDPMTrainConfig, args)
+
+
 def test_build_unet_has_the_null_label_only_when_conditional():
     script = latent_training
     autoencoder = CABAutoencoder(block_out_channels=(8, 8, 8), layers_per_block=1, norm_num_groups=4, reduction=4)
