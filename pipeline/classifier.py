@@ -123,7 +123,7 @@ def why_no_classes(dataset) -> str | None:
     """Why the cached judge of `dataset` gives no class scores, or None where it does (call after
     `get_classifier`)."""
     record = classifier_record(dataset)
-    if not record["labelled"]:
+    if not record.get("labelled", True):  # judges cached before the key was recorded were all labelled
         return f"the {record['dataset']} data has no labels"
     if not record.get("classes_scored", True):
         return (f"the {record['dataset']} judge reached only {record['balanced_test_accuracy']:.2%} balanced accuracy "
