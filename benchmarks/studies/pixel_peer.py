@@ -40,7 +40,9 @@ def parse_args(argv=None):
     p.add_argument("--learning_rate", type=float, default=1e-3)
     p.add_argument("--num_samples", type=int, default=450, help="images to score (the emoji configs score 450)")
     p.add_argument("--num_inference_steps", type=int, default=20)
-    p.add_argument("--scheduler", default="dpm", help="dpm (DPM-Solver++) or ddpm (the training scheduler)")
+    p.add_argument("--scheduler", default="dpm:thresholding=true",
+                   help="DPM-Solver++ with dynamic thresholding (diffusers' advice for pixel-space models: without it "
+                        "an undertrained epsilon model's first steps saturate), or ddpm (the training scheduler)")
     p.add_argument("--num_threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--name", default=None)
     p.add_argument("--output", default="benchmarks/results")
@@ -52,6 +54,7 @@ def unet_shape(args) -> dict:
     levels = len(args.block_out_channels)
     attention = [i >= levels - args.attention_levels for i in range(levels)]
     return dict(block_out_channels=tuple(args.block_out_channels), layers_per_block=args.layers_per_block,
+                norm_num_groups=min(32, *args.block_out_channels),  # GroupNorm's groups must divide a narrow level
                 down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention),
                 up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)))
 

@@ -76,7 +76,7 @@ def row(name: str, folder: Path, rate_steps: int) -> dict:
                         "test_psnr": ae_metrics.get("psnr")},
         "unet": {k: unet[k] for k in ("block_out_channels", "down_block_types", "up_block_types", "layers_per_block")},
         **{k: cfg.get(k) for k in ("train_batch_size", "max_train_steps", "learning_rate", "ema_max_decay",
-                                    "random_flip", "class_dropout", "eval_guidance_scale")},
+                                    "random_flip", "class_dropout", "class_balance", "eval_guidance_scale")},
         "steps_per_second_alone": rate, "train_seconds_alone": cfg["max_train_steps"] / rate,
         **{k: metrics.get(k) for k in ("fid", "fid_floor", "fid_reconstructed", "kid", "kid_floor", "precision",
                                         "recall", "num_samples")},
