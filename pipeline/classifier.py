@@ -404,7 +404,7 @@ def get_classifier(dataset="ylecun/mnist", data_dir=None, device="cpu", min_accu
             raise UserError(f"the {data.name} judge classifier reached only {checked:.2%} {what} "
                             f"(need >= {min_accuracy:.2%}); check the dataset files (damaged or mislabeled?) "
                             f"and rerun")
-        if checked < min_accuracy:  # labels that name what an image is for, not what it looks like
+        elif checked < min_accuracy:  # labels that name what an image is for, not what it looks like
             drop_labels(model)
             print(f"the {data.name} judge reached only {bal:.2%} balanced accuracy on its labels (bar "
                   f"{min_accuracy:.2%}): they do not follow how the images look, so it scores on its features only "

@@ -74,8 +74,9 @@ def guidance_sweep(pipe, output_dir, guidance_scales, num_samples=10_000, num_in
         raise UserError(f"--guidance_scales measures class accuracy with the judge: {why_not}")
     out = output_folder(output_dir)
     classifier = get_classifier(data, device=pipe.device)
-    if why_no_classes(data) is not None:
-        raise UserError(f"--guidance_scales measures class accuracy with the judge, but {why_no_classes(data)}; "
+    why = why_no_classes(data)
+    if why is not None:
+        raise UserError(f"--guidance_scales measures class accuracy with the judge, but {why}; "
                         "score the samples without it (FID, KID, prdc): drop --guidance_scales")
     if classifier.config.num_labels != num_classes:
         raise UserError(f"the pipeline has {num_classes} classes but the {data.name} judge has "
