@@ -119,7 +119,8 @@ def report(r: dict, name: str) -> str:
     if g:
         row = g["scales"][0]
         lines.append(f"| class accuracy at guidance {row['guidance_scale']:g} ({g['num_samples']} samples) | "
-                     f"{row['class_accuracy']:.1%} (real test images: {g['floor']['class_accuracy']:.1%}); "
+                     f"{row['class_accuracy']:.1%} (real test images, every class equally weighted: "
+                     f"{g['floor']['class_accuracy']:.1%}); "
                      f"FID {row['fid']:.2f} |")
     lines += ["", f"Pictures: [samples]({name}_samples.png), [reconstructions]({name}_reconstruction.png). "
               f"Numbers: [{name}.json]({name}.json).", ""]

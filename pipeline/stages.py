@@ -248,7 +248,7 @@ def last_screen(stages, seconds) -> str:
     if g:
         row = g["scales"][0]
         score += (f"; class accuracy {row['class_accuracy']:.0%} at guidance {row['guidance_scale']} "
-                  f"(real images: {g['floor']['class_accuracy']:.0%})")
+                  f"(real test images at the same class mix: {g['floor']['class_accuracy']:.0%})")
     lines.append(f"  pipeline     {by_name['pipeline']}  {score}")
     if "student" in by_name:
         d = _json(by_name["student"] / "distillation.json") or {}

@@ -38,7 +38,7 @@ ROW_KEYS = {"guidance_scale": float, "class_accuracy": float, "per_class_accurac
             "precision": float, "recall": float, "kl_to_uniform": float, "mean_confidence": float,
             "class_histogram": list, "sampling_seconds": float}
 FLOOR_KEYS = {"fid", "kid", "precision", "recall", "density", "coverage", "kl_to_uniform", "mean_confidence",
-              "class_accuracy"}
+              "class_accuracy", "per_class_accuracy", "test_accuracy"}
 
 
 def tiny_unet(num_class_embeds=None):
@@ -206,7 +206,10 @@ def test_guidance_sweep_writes_json_png_and_a_table(saved, tmp_path, mnist_dir, 
 
     result = json.loads((tmp_path / "guidance.json").read_text())
     assert result["num_samples"] == 40 and result["num_inference_steps"] == 2 and result["scheduler"] == "sde-dpm"
-    assert set(result["floor"]) == FLOOR_KEYS and result["floor"]["class_accuracy"] == 0.1  # the judge's own
+    # real test images at the samples' class mix (the mean over classes), and the judge's recorded accuracy
+    floor = result["floor"]
+    assert set(floor) == FLOOR_KEYS and len(floor["per_class_accuracy"]) == 10 and floor["test_accuracy"] == 0.1
+    assert floor["class_accuracy"] == pytest.approx(np.mean(floor["per_class_accuracy"]))
     assert [row["guidance_scale"] for row in result["scales"]] == [1.0, 3.0]
     for row in result["scales"]:
         for key, kind in ROW_KEYS.items():

@@ -282,6 +282,9 @@ def test_labelled_colour_dataset_gets_its_own_judge_fid_and_class_accuracy(tmp_p
     guided = json.loads((run / "evaluation" / "guidance.json").read_text())
     assert guided["num_samples"] == 30 and guided["scales"][0]["guidance_scale"] == 1.5
     assert 0 <= guided["scales"][0]["class_accuracy"] <= 1
+    # real images scored at the samples' class mix (equal numbers per class): the judge's balanced accuracy
+    assert guided["floor"]["class_accuracy"] == pytest.approx(record["balanced_test_accuracy"])
+    assert guided["floor"]["test_accuracy"] == record["test_accuracy"]
     card = (run / "README.md").read_text()
     assert "| class_accuracy |" in card and "| eval_guidance_scale | 1.5 |" in card
     assert "class_labels=['red', 'green', 'blue']" in card and "(N, 16, 16, 3)" in card

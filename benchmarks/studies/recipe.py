@@ -68,6 +68,7 @@ def row(name: str, folder: Path, rate_steps: int) -> dict:
     metrics = read_json(folder / "evaluation" / "metrics.json") or {}
     guidance = read_json(folder / "evaluation" / "guidance.json")
     guided = guidance["scales"][0] if guidance else {}
+    floor = (guidance or {}).get("floor", {})
     rate = step_rate(unet, cfg["train_batch_size"], rate_steps)
     return {
         "name": name, "folder": str(folder),
@@ -81,7 +82,10 @@ def row(name: str, folder: Path, rate_steps: int) -> dict:
         **{k: metrics.get(k) for k in ("fid", "fid_floor", "fid_reconstructed", "kid", "kid_floor", "precision",
                                         "recall", "num_samples")},
         "class_accuracy": guided.get("class_accuracy"),
-        "class_accuracy_real": (guidance or {}).get("floor", {}).get("class_accuracy"),
+        # real test images at the samples' class mix: guidance.json's floor since it records them per class, the
+        # judge's balanced test accuracy (the same number) for runs scored before
+        "class_accuracy_real": floor["class_accuracy"] if "per_class_accuracy" in floor
+        else metrics.get("classifier_balanced_test_accuracy"),
         "judge": metrics.get("classifier_fingerprint"),
     }
 
