@@ -167,3 +167,22 @@ def test_every_latent_config_saves_the_measured_default_sampler(name):
     measured = ("dpm", 20) if name.startswith("emoji") else (DEFAULT_SAMPLER, DEFAULT_STEPS)
     assert (cfg.sampler, cfg.num_inference_steps) == measured
     assert (DEFAULT_SAMPLER, DEFAULT_STEPS) == ("sde-dpm", 10)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_bf16_instructions_says_fp32_is_faster(tmp_path, monkeypatch, capsys, native):
+    # On an AVX2 laptop bf16 autocast is emulated and trains several times slower than fp32: the run says so
+    # in one line (the user's choice stands); on a CPU with AVX512-BF16 or AMX it says nothing.
+    import torch
+
+    from pipeline.training import make_accelerator
+
+    if torch.cuda.is_available():
+        pytest.skip("the note is about CPU training")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: native)
+    cfg = parse_config(AutoencoderTrainConfig, ["--mixed_precision", "bf16", "--output_dir", str(tmp_path)])
+    accelerator = make_accelerator(cfg)
+    assert accelerator.mixed_precision == "bf16"
+    out = capsys.readouterr().out
+    assert ("no bf16 instructions" in out and "--mixed_precision no is faster here" in out) == (not native)
