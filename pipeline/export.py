@@ -187,7 +187,9 @@ def _model_card(pipe, metrics, has_grid, dataset, license, repo_id) -> str:
                   "against the test split. Each `*_floor` "
                   "is as many real training images as samples (`floor_num_samples`, at most 10,000) scored the same "
                   "way: what a perfect model would get. Each `*_reconstructed` is those real images passed through "
-                  "this pipeline's autoencoder: the best any latent model decoded by it can expect.", "",
+                  "this pipeline's autoencoder: the best any latent model decoded by it can expect. "
+                  "`class_accuracy_floor` is the judge on real test images with every class counted equally, as "
+                  "the guided samples ask for them.", "",
                   "| metric | value |", "| --- | --- |"]
         lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
         lines += [""]
