@@ -13,6 +13,7 @@ import atexit
 import json
 import logging
 import os
+import platform
 import signal
 import time
 from pathlib import Path
@@ -49,7 +50,7 @@ def make_accelerator(cfg) -> Accelerator:
         raise UserError("mixed_precision fp16 needs a CUDA GPU; use --mixed_precision bf16 or no on CPU")
     if cfg.mixed_precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise UserError("this GPU has no bf16; use --mixed_precision fp16 or no")
-    if cfg.mixed_precision == "bf16" and not cuda and not native_cpu_bf16():
+    if cfg.mixed_precision == "bf16" and not cuda and not native_cpu_bf16() and os.environ.get("LOCAL_RANK", "0") == "0":
         print("note: this CPU has no bf16 instructions (AVX512-BF16 or AMX), so bf16 autocast emulates them and "
               "trains several times slower than fp32 (docs/tuning.md); --mixed_precision no is faster here", flush=True)
     project = ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=os.path.join(cfg.output_dir, cfg.logging_dir))
@@ -69,8 +70,12 @@ def make_accelerator(cfg) -> Accelerator:
 def native_cpu_bf16() -> bool:
     """Whether this CPU computes in bf16 itself. Without it oneDNN emulates bf16: on the 2-core CPU with its bf16
     instructions masked, training steps under bf16 autocast ran 0.35x to 0.64x as fast as fp32 (AVX-512 only) and
-    0.08x to 0.11x (AVX2, a laptop's), where with them the autoencoder's ran 1.62x (docs/tuning.md)."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    0.08x to 0.11x (AVX2, a laptop's), where with them the autoencoder's ran 1.62x (docs/tuning.md). Only x86 CPUs
+    were measured: elsewhere, or with a torch that cannot say, this answers True and nothing is said."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return True
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return not all(probes) or any(probe() for probe in probes)
 
 
 def end_training(accelerator):
