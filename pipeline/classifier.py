@@ -119,10 +119,10 @@ def drop_labels(judge: PreTrainedModel):
     judge.config.num_labels = 0
 
 
-def why_no_classes(dataset) -> str | None:
+def why_no_classes(dataset, record=None) -> str | None:
     """Why the cached judge of `dataset` gives no class scores, or None where it does (call after
-    `get_classifier`)."""
-    record = classifier_record(dataset)
+    `get_classifier`; `record`: its classifier_record, when the caller has read it already)."""
+    record = record or classifier_record(dataset)
     if not record.get("labelled", True):  # judges cached before the key was recorded were all labelled
         return f"the {record['dataset']} data has no labels"
     if not record.get("classes_scored", True):
@@ -350,9 +350,10 @@ def classifier_record(dataset="ylecun/mnist") -> dict:
     return json.loads((classifier_dir(dataset) / ACCURACY_FILE).read_text())
 
 
-def classifier_accuracy(dataset="ylecun/mnist") -> float:
-    """The cached judge's test accuracy (call after `get_classifier`); None for a judge without class scores."""
-    record = classifier_record(dataset)
+def classifier_accuracy(dataset="ylecun/mnist", record=None) -> float:
+    """The cached judge's test accuracy (call after `get_classifier`; `record`: its classifier_record, when the
+    caller has read it already); None for a judge without class scores."""
+    record = record or classifier_record(dataset)
     return record["test_accuracy"] if record.get("classes_scored", True) else None
 
 

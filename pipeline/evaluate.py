@@ -186,7 +186,8 @@ def judge_record(classifier, data) -> dict:
     record = classifier_record(data)
     extra = {f"classifier_{k}": record[k] for k in ("balanced_test_accuracy", "min_accuracy", "bar_on", "objective")
              if k in record}
-    return dict(classifier_accuracy=classifier_accuracy(data), classifier_why_no_classes=why_no_classes(data), **extra,
+    return dict(classifier_accuracy=classifier_accuracy(data, record),
+                classifier_why_no_classes=why_no_classes(data, record), **extra,
                 classifier_fingerprint=judge_fingerprint(classifier), classifier_architecture=classifier.config.model_type)
 
 
