@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.classifier import classifier_accuracy, get_classifier, predict, why_no_classes
+from pipeline.classifier import classifier_accuracy, classifier_record, get_classifier, predict, why_no_classes
 from pipeline.errors import UserError
 from pipeline.judge_data import judge_for
 from pipeline.metrics import get_reference, score_images
@@ -75,7 +75,8 @@ def guidance_sweep(pipe, output_dir, guidance_scales, num_samples=10_000, num_in
         raise UserError(f"--guidance_scales measures class accuracy with the judge: {why_not}")
     out = output_folder(output_dir)
     classifier = get_classifier(data, device=pipe.device)
-    why = why_no_classes(data)
+    record = classifier_record(data)  # read once: why there are no class scores, and the judge's accuracy
+    why = why_no_classes(data, record)
     if why is not None:
         raise UserError(f"--guidance_scales measures class accuracy with the judge, but {why}; "
                         "score the samples without it (FID, KID, prdc): drop --guidance_scales")
@@ -98,7 +99,8 @@ def guidance_sweep(pipe, output_dir, guidance_scales, num_samples=10_000, num_in
 
     floor = {k: reference.floor_for(num_samples, classifier)[k] for k in FLOOR_KEYS}
     # Real test images at the samples' class mix, every class equally often; the judge's plain accuracy beside it
-    floor.update(class_scores(classifier, *data.load("test"), num_classes), test_accuracy=classifier_accuracy(data))
+    floor.update(class_scores(classifier, *data.load("test"), num_classes),
+                 test_accuracy=classifier_accuracy(data, record))
     result = dict(scales=rows, floor=floor, num_samples=num_samples, num_inference_steps=num_inference_steps,
                   scheduler=scheduler, seed=seed, batch_size=batch_size, device=str(pipe.device), dataset=data.name)
     print_table(result)
