@@ -291,16 +291,18 @@ def nt_xent(z: torch.Tensor, temperature: float = TEMPERATURE) -> torch.Tensor:
 
 @torch.enable_grad()
 def train_contrastive(images, labels=None, num_classes=0, device="cpu", steps=None, max_lr=5e-3, seed=TRAIN_SEED,
-                      desc=None) -> PreTrainedModel:
+                      desc=None, architecture=ARCHITECTURE, views=None) -> PreTrainedModel:
     """The ResNet judge trained from scratch on NT-Xent over two views of each image (a two-layer projection head,
-    dropped afterwards), plus cross-entropy on the labels when there are any (`num_classes` > 0)."""
+    dropped afterwards), plus cross-entropy on the labels when there are any (`num_classes` > 0). `architecture`
+    and `views` (a function like `augment`) are there for benchmarks/studies/judge_views.py to try others."""
     from pipeline.progress import progress
 
     torch.manual_seed(seed)
     steps = steps or contrastive_steps(len(images))
     x = to_pixel_values(images, device)
     y = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)
-    model = build_classifier(x.shape[1], num_classes, x.shape[-1]).to(device).train()
+    views = views or augment
+    model = build_classifier(x.shape[1], num_classes, x.shape[-1], architecture).to(device).train()
     width = model.config.hidden_sizes[-1]
     head = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 64)).to(device)
     params = [*model.parameters(), *head.parameters()]
@@ -311,8 +313,8 @@ def train_contrastive(images, labels=None, num_classes=0, device="cpu", steps=No
     bar = progress(steps, desc=desc or "judge", disable=desc is None)
     for _ in range(steps):
         idx = torch.randperm(len(x), generator=order)[:batch_size].to(device)
-        views = torch.cat([augment(x[idx], order), augment(x[idx], order)])
-        feats = model.base_model(pixel_values=views).pooler_output.flatten(1)
+        pair = torch.cat([views(x[idx], order), views(x[idx], order)])
+        feats = model.base_model(pixel_values=pair).pooler_output.flatten(1)
         loss = nt_xent(head(feats))
         if y is not None:
             loss = loss + F.cross_entropy(model.classifier(feats), y[idx].repeat(2))

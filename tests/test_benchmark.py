@@ -440,3 +440,54 @@ def test_decode_times_every_variant_and_checks_it_against_the_plain_decode(tmp_p
     assert list(r["lighter"]) == ["untrained_4-16-16x1"] and r["lighter"]["untrained_4-16-16x1"]["median_s"] > 0
     md = (tmp_path / "out" / "dec.md").read_text()
     assert "| eager_fp32 | 8 |" in md and "| 32x32 |" in md and "max abs diff" in md
+
+
+def test_judge_views_scores_every_candidate_on_a_colour_run(tmp_path, mnist_dir):
+    """benchmarks/studies/judge_views.py on a class-conditional run over a labelled colour folder: each candidate
+    judge trained with its one change, every row over its own floor against both references, guided samples too."""
+    import PIL.Image
+
+    from benchmarks.studies.judge_views import grayed, jittered, zoomed
+    from conftest import TINY_AE, run_script
+    from pipeline.data import load_idx_dataset
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 16, 16, generator=g) * 2 - 1
+    assert zoomed(x, g).shape == x.shape and zoomed(x, g).abs().max() <= 1
+    gray = grayed(x, g, p=1.0)
+    assert torch.equal(gray[:, 0], gray[:, 1]) and torch.equal(gray[:, 1], gray[:, 2])
+    assert torch.equal(grayed(x[:, :1], g, p=1.0), x[:, :1])  # grayscale data: nothing to turn gray
+    assert torch.allclose(jittered(x, g, amount=0.0), x.clamp(-1, 1), atol=1e-5)  # no jitter: the same images
+    assert not torch.allclose(jittered(x, g), x, atol=1e-3)
+
+    digits, labels = load_idx_dataset("train", data_dir=mnist_dir)
+    tints = np.random.default_rng(0).uniform(0.3, 1.0, (10, 3))  # each class its own colour
+    for i in range(1100):
+        rgb = (digits[i][..., None] * tints[labels[i]]).astype(np.uint8)
+        (tmp_path / "colour" / f"c{labels[i]}").mkdir(parents=True, exist_ok=True)
+        PIL.Image.fromarray(rgb).save(tmp_path / "colour" / f"c{labels[i]}" / f"{i}.png")
+    run_script("train_latent_ddpm.py", [
+        "--preset", "cpu", "--train_data_dir", str(tmp_path / "colour"), "--output_dir", str(tmp_path / "run"),
+        "--conditioning", "class", "--autoencoder_max_train_steps", "10", "--autoencoder_tsne_num_points", "20",
+        "--max_train_steps", "5", "--eval_num_samples", "20", "--num_inference_steps", "2", "--num_threads", "1",
+        "--skip_figures", *[a.replace("--autoencoder.", "--autoencoder_autoencoder.") for a in TINY_AE]])
+    cmd = [sys.executable, "-m", "benchmarks.studies.judge_views", "--pipeline", str(tmp_path / "run" / "pipeline"),
+           "--candidates", "judge,stages,zoom+gray,input-2x", "--steps", "4", "--num_samples", "100",
+           "--num_inference_steps", "2", "--output", str(tmp_path / "out"), "--name", "views"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((tmp_path / "out" / "views.json").read_text())
+    assert [c["candidate"] for c in r["candidates"]] == ["judge", "stages", "zoom+gray", "input-2x"]
+    assert r["num_images"] == 100 and {"command", "git_commit", "hardware"} <= r.keys()
+    for c in r["candidates"]:
+        rows = c["rows"]
+        assert rows["real (the floor)"]["test split"] == rows["real (the floor)"]["training folder"] == 1.0
+        assert rows["real (the floor)"]["test split FID"] > 0 and rows["real (the floor)"]["training folder FID"] > 0
+        guided = [k for k in rows if "guidance 1.5" in k]
+        assert len(guided) == 1 and len(rows) == 7, rows.keys()  # floor, 4 damaged, unguided and guided samples
+        assert all(np.isfinite(v["test split"]) and np.isfinite(v["training folder"]) for v in rows.values())
+        assert 0 <= c["balanced_test_accuracy"] <= 1
+    judge, stages = r["candidates"][0], r["candidates"][1]
+    assert judge["num_features"] == 128 and stages["num_features"] == 32 + 64 + 128  # every stage side by side
+    assert judge["train_seconds"] == stages["train_seconds"]  # the same cached judge, not trained again
+    assert "| floor FID |" in (tmp_path / "out" / "views.md").read_text()
