@@ -97,7 +97,10 @@ def test_the_judge_orders_real_below_blurred_below_noise(kind, labelled, request
         json.dumps(s, allow_nan=False)
     assert scores["real"]["fid"] < scores["blurred"]["fid"] < scores["noise"]["fid"], scores
     assert scores["real"]["kid"] < scores["blurred"]["kid"] < scores["noise"]["kid"]
-    assert scores["blurred"]["fid"] > 1.5 * scores["real"]["fid"]
+    # Clearly, not marginally: blur lifts KID (unbiased) by more than five of its standard deviations over subsets.
+    # FID on 100 images is mostly small-sample bias, so a ratio of FIDs depends on the CPU's arithmetic: the labelled
+    # emoji read 1.42x on an AMD EPYC, over 1.5x on the Intel machines before, with the same code; KID read 10 sd.
+    assert scores["blurred"]["kid"] - scores["real"]["kid"] > 5 * scores["blurred"]["kid_std"], scores
     assert scores["noise"]["recall"] < scores["real"]["recall"]
 
 
