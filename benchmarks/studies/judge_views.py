@@ -179,12 +179,13 @@ def draw_samples(run, specs, n, labels, sampler=None, steps=None):
     for name, folder in [("today", run), *[s.partition("=")[::2] for s in specs]]:
         pipe = load_samples(run, folder)
         pipe.set_progress_bar_config(disable=True)
-        sampler, steps = sampler or default_sampling(pipe)[0], steps or default_sampling(pipe)[1]
-        pipe = with_scheduler(pipe, sampler)
-        out[f"samples: {name} ({sampler}, {steps} steps)"] = sample_images(pipe, n, 500, steps, seed=0)
+        default_sampler, default_steps = default_sampling(pipe)  # per folder: a distilled one has its own
+        use_sampler, use_steps = sampler or default_sampler, steps or default_steps
+        pipe = with_scheduler(pipe, use_sampler)
+        out[f"samples: {name} ({use_sampler}, {use_steps} steps)"] = sample_images(pipe, n, 500, use_steps, seed=0)
         if pipe.unet.config.num_class_embeds and labels is not None and name == "today":
             out[f"samples: {name}, guidance {GUIDANCE} at the test split's labels"] = sample_images(
-                pipe, n, 500, steps, seed=0, class_labels=[int(c) for c in labels], guidance_scale=GUIDANCE)
+                pipe, n, 500, use_steps, seed=0, class_labels=[int(c) for c in labels], guidance_scale=GUIDANCE)
     return out
 
 
@@ -212,11 +213,14 @@ def main(argv=None):
         model, factor, stages, seconds, acc, bal = candidate(name, data, args.steps)
         feats = lambda images: features(model, images, factor, stages)  # noqa: E731
         refs = {"test split": feats(test_x), "training folder": feats(train_x)}
+        sample_feats = {row: feats(images) for row, images in samples.items()}  # the same under both references
         scores = {}
         for ref_name, ref in refs.items():
-            floor = frechet(ref, feats(rows[ref_name]["real (the floor)"]))
-            for row, images in {**rows[ref_name], **samples}.items():
-                scores.setdefault(row, {})[ref_name] = round(frechet(ref, feats(images)) / floor, 3)
+            fids = {row: frechet(ref, feats(images)) for row, images in rows[ref_name].items()}
+            fids.update({row: frechet(ref, f) for row, f in sample_feats.items()})
+            floor = fids["real (the floor)"]
+            for row, fid in fids.items():
+                scores.setdefault(row, {})[ref_name] = round(fid / floor, 3)
             scores["real (the floor)"][ref_name + " FID"] = round(floor, 3)
         result = {"candidate": name, "train_seconds": round(seconds, 1), "test_accuracy": acc,
                   "balanced_test_accuracy": bal, "num_features": int(refs["test split"].shape[1]), "rows": scores}
