@@ -447,13 +447,16 @@ def test_judge_views_scores_every_candidate_on_a_colour_run(tmp_path, mnist_dir)
     judge trained with its one change, every row over its own floor against both references, guided samples too."""
     import PIL.Image
 
-    from benchmarks.studies.judge_views import grayed, jittered, zoomed
+    from benchmarks.studies.judge_views import grayed, jittered
     from conftest import TINY_AE, run_script
+    from pipeline.classifier import random_zoom
     from pipeline.data import load_idx_dataset
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(6, 3, 16, 16, generator=g) * 2 - 1
-    assert zoomed(x, g).shape == x.shape and zoomed(x, g).abs().max() <= 1
+    zoomed = random_zoom(x, g, 0.6)
+    assert zoomed.shape == x.shape and zoomed.abs().max() <= 1 and not torch.allclose(zoomed, x, atol=1e-3)
+    assert random_zoom(x, g, 1.0) is x  # no zoom: the judge before zoomed views, the same random draws after it
     gray = grayed(x, g, p=1.0)
     assert torch.equal(gray[:, 0], gray[:, 1]) and torch.equal(gray[:, 1], gray[:, 2])
     assert torch.equal(grayed(x[:, :1], g, p=1.0), x[:, :1])  # grayscale data: nothing to turn gray
@@ -472,12 +475,12 @@ def test_judge_views_scores_every_candidate_on_a_colour_run(tmp_path, mnist_dir)
         "--max_train_steps", "5", "--eval_num_samples", "20", "--num_inference_steps", "2", "--num_threads", "1",
         "--skip_figures", *[a.replace("--autoencoder.", "--autoencoder_autoencoder.") for a in TINY_AE]])
     cmd = [sys.executable, "-m", "benchmarks.studies.judge_views", "--pipeline", str(tmp_path / "run" / "pipeline"),
-           "--candidates", "judge,stages,zoom+gray,input-2x", "--steps", "4", "--num_samples", "100",
+           "--candidates", "judge,stages,no-zoom,input-2x", "--steps", "4", "--num_samples", "100",
            "--num_inference_steps", "2", "--output", str(tmp_path / "out"), "--name", "views"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads((tmp_path / "out" / "views.json").read_text())
-    assert [c["candidate"] for c in r["candidates"]] == ["judge", "stages", "zoom+gray", "input-2x"]
+    assert [c["candidate"] for c in r["candidates"]] == ["judge", "stages", "no-zoom", "input-2x"]
     assert r["num_images"] == 100 and {"command", "git_commit", "hardware"} <= r.keys()
     for c in r["candidates"]:
         rows = c["rows"]

@@ -8,10 +8,9 @@ Every candidate learns as the judge of any image folder does (pipeline/classifie
 where there are any; the same steps, batch and seed), except for one change:
   judge     the run's own judge, as pipeline.evaluate loads it (no training here)
   stages    the same judge, its features the mean of every stage's output side by side instead of the last one's
-  zoom      views also zoomed in (crops of 60% to 100% of the side, resampled): SimCLR's usual crop
+  no-zoom   views shifted and relit but not zoomed in: the judge before zoomed views
   gray      views also turned gray half of the time (colour data): SimCLR's grayscale, against colour shortcuts
   jitter    views also change saturation and hue by up to half: SimCLR's colour jitter
-  zoom+gray both
   regnet-y  a RegNet Y, whose 3x3 stride-2 stem keeps 16x16 of a 32-px image (the ResNet's keeps 8x8)
   input-2x  the ResNet on images repeated to twice the size (its stem then keeps 16x16), half the steps
 
@@ -30,12 +29,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from benchmarks.common import add_commit_option, hardware, provenance, save_result
 from benchmarks.studies.judge_ordering import blur, load_samples, noise, shuffle_patches
 
-CANDIDATES = ("judge", "stages", "zoom", "gray", "jitter", "zoom+gray", "regnet-y", "input-2x")
+CANDIDATES = ("judge", "stages", "no-zoom", "gray", "jitter", "regnet-y", "input-2x")
 GUIDANCE = 1.5
 
 
@@ -56,21 +54,10 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-# --- the views: the judge's own (pipeline.classifier.augment), then one more change --------------------------------
+# --- the views: the judge's own (pipeline.classifier.augment), then one more change, or without its zoom ---------
 
 def luminance(x):
     return 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
-
-
-def zoomed(x, g, min_side=0.6):
-    """Each image zoomed in on a random square of `min_side` to all of its side, resampled bilinearly."""
-    n = len(x)
-    side = min_side + (1 - min_side) * torch.rand(n, generator=g)
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = theta[:, 1, 1] = side
-    theta[:, :, 2] = (torch.rand(n, 2, generator=g) * 2 - 1) * (1 - side)[:, None]
-    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def grayed(x, g, p=0.5):
@@ -98,10 +85,10 @@ def jittered(x, g, amount=0.5):
 def views_for(name):
     from pipeline.classifier import augment
 
-    extra = {"zoom": [zoomed], "gray": [grayed], "jitter": [jittered], "zoom+gray": [zoomed, grayed]}.get(name, [])
+    extra = {"gray": [grayed], "jitter": [jittered]}.get(name, [])
 
     def views(x, g):
-        x = augment(x, g)
+        x = augment(x, g, min_zoom=1.0) if name == "no-zoom" else augment(x, g)
         for change in extra:
             x = change(x, g)
         return x
