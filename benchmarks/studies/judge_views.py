@@ -127,7 +127,8 @@ def frechet(real, fake):
 
 def candidate(name, data, steps):
     """(model, upscale factor, stage features?, train seconds, test accuracy, balanced test accuracy)."""
-    from pipeline.classifier import accuracies, classifier_record, get_classifier, has_labels, train_contrastive
+    from pipeline.classifier import (ARCHITECTURE, accuracies, classifier_record, contrastive_steps, get_classifier,
+                                     has_labels, train_contrastive)
 
     train_x, train_y = data.load("train")
     test_x, test_y = data.load("test")
@@ -136,13 +137,11 @@ def candidate(name, data, steps):
         model = get_classifier(data)
         seconds = classifier_record(data)["train_seconds"]
     else:
-        from pipeline.classifier import contrastive_steps
-
         steps = steps or contrastive_steps(len(train_x))
         classes = 0 if train_y is None else int(max(train_y.max(), test_y.max())) + 1
         start = time.time()
         model = train_contrastive(upscale(train_x, factor), train_y, classes, steps=steps // factor,
-                                  architecture="regnet-y" if name == "regnet-y" else "resnet", views=views_for(name),
+                                  architecture="regnet-y" if name == "regnet-y" else ARCHITECTURE, views=views_for(name),
                                   desc=f"{name} judge")
         seconds = time.time() - start
     acc = bal = None
