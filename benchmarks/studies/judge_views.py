@@ -146,7 +146,7 @@ def candidate(name, data, steps):
         seconds = time.time() - start
     acc = bal = None
     if train_y is not None and has_labels(model):
-        acc, bal = accuracies(model, upscale(test_x, factor), test_y)
+        acc, bal, _ = accuracies(model, upscale(test_x, factor), test_y)
     return model, factor, name == "stages", seconds, acc, bal
 
 
