@@ -52,7 +52,9 @@ def judge_line(p: dict) -> str:
     """What the judge scored on real test images: its accuracy and bar, or why it gives no class scores."""
     if p.get("classifier_why_no_classes"):
         return f"features only: {p['classifier_why_no_classes']}"
-    bar = (f"; balanced {p['classifier_balanced_test_accuracy']:.1%}, bar {p['classifier_min_accuracy']:.1%} "
+    low, high = p.get("classifier_balanced_test_accuracy_interval") or (None, None)
+    span = f" (95% interval {low:.1%} to {high:.1%})" if low is not None else ""
+    bar = (f"; balanced {p['classifier_balanced_test_accuracy']:.1%}{span}, bar {p['classifier_min_accuracy']:.1%} "
            f"on {p['classifier_bar_on']}" if p.get("classifier_bar_on") else "")
     return f"accuracy {p['classifier_accuracy']:.1%}{bar}"
 

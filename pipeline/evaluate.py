@@ -184,7 +184,8 @@ def judge_record(classifier, data) -> dict:
     """Which judge gave the scores: its architecture, weights fingerprint and test accuracy, for metrics.json."""
 
     record = classifier_record(data)
-    extra = {f"classifier_{k}": record[k] for k in ("balanced_test_accuracy", "min_accuracy", "bar_on", "objective")
+    extra = {f"classifier_{k}": record[k] for k in ("balanced_test_accuracy", "balanced_test_accuracy_interval",
+                                                      "min_accuracy", "bar_on", "objective")
              if k in record}
     return dict(classifier_accuracy=classifier_accuracy(data, record),
                 classifier_why_no_classes=why_no_classes(data, record), **extra,

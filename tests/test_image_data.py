@@ -273,12 +273,15 @@ def test_labelled_colour_dataset_gets_its_own_judge_fid_and_class_accuracy(tmp_p
     # with the data: 100 epochs of the 390 images in batches of 256 would be 100 steps, so the least, 200
     assert abs(record["min_accuracy"] - 2 / 3) < 1e-9 and record["bar_on"] == "balanced_test_accuracy"
     assert record["balanced_test_accuracy"] >= record["min_accuracy"]
+    low, high = record["balanced_test_accuracy_interval"]  # its 95% interval on the 120 test images
+    assert low <= record["balanced_test_accuracy"] <= high and high - low > 0
     assert record["objective"] == "contrastive" and record["labelled"] and record["steps"] == 200
 
     metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
     assert "not_scored" not in metrics and metrics["fid"] > metrics["fid_floor"] > 0
     assert metrics["floor_num_samples"] == 30 and len(metrics["class_histogram"]) == 3
     assert metrics["classifier_accuracy"] == record["test_accuracy"]
+    assert metrics["classifier_balanced_test_accuracy_interval"] == [low, high]
     guided = json.loads((run / "evaluation" / "guidance.json").read_text())
     assert guided["num_samples"] == 30 and guided["scales"][0]["guidance_scale"] == 1.5
     assert 0 <= guided["scales"][0]["class_accuracy"] <= 1
