@@ -221,8 +221,9 @@ def predictions(labels, right, rng, classes):
 def test_the_label_bar_is_decided_clearly_not_by_chance():
     """A judge keeps its labels unless its balanced accuracy is clearly below the bar. On 110 test images one just
     under the bar cannot be told from one over it, so it keeps them nearly always (a bare `balanced < bar` would
-    drop them about three times in four); on ten times as many images one clearly under is told apart; labels the judge cannot
-    learn at all (chance) go either way. The interval holds the true balanced accuracy about 95% of the time."""
+    drop them about three times in four); on ten times as many images one clearly under is told apart and loses
+    them; labels the judge cannot learn at all (chance) are lost on either size. The interval holds the true
+    balanced accuracy about 95% of the time."""
     from sklearn.metrics import balanced_accuracy_score
 
     from pipeline.classifier import accuracy_bar, balanced_interval, labels_follow_images

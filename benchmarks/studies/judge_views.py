@@ -141,8 +141,8 @@ def candidate(name, data, steps):
         classes = 0 if train_y is None else int(max(train_y.max(), test_y.max())) + 1
         start = time.time()
         model = train_contrastive(upscale(train_x, factor), train_y, classes, steps=steps // factor,
-                                  architecture="regnet-y" if name == "regnet-y" else ARCHITECTURE, views=views_for(name),
-                                  desc=f"{name} judge")
+                                  architecture="regnet-y" if name == "regnet-y" else ARCHITECTURE,
+                                  views=views_for(name), desc=f"{name} judge")
         seconds = time.time() - start
     acc = bal = None
     if train_y is not None and has_labels(model):
