@@ -494,3 +494,40 @@ def test_judge_views_scores_every_candidate_on_a_colour_run(tmp_path, mnist_dir)
     assert judge["num_features"] == 128 and stages["num_features"] == 32 + 64 + 128  # every stage side by side
     assert judge["train_seconds"] == stages["train_seconds"]  # the same cached judge, not trained again
     assert "| floor FID |" in (tmp_path / "out" / "views.md").read_text()
+
+
+def test_recipe_study_costs_both_stages_of_a_colour_run(tmp_path, mnist_dir):
+    """benchmarks/studies/recipe.py on a finished colour run: the row reads the run's scores and its autoencoder's
+    steps and PSNR, and measures both stages' training steps alone, so a study that moves steps from one stage to
+    the other sees what each costs."""
+    import PIL.Image
+
+    from conftest import TINY_AE, run_script
+    from pipeline.data import load_idx_dataset
+
+    digits, labels = load_idx_dataset("train", data_dir=mnist_dir)
+    tints = np.random.default_rng(0).uniform(0.3, 1.0, (10, 3))
+    (tmp_path / "colour").mkdir()
+    for i in range(1100):
+        rgb = (digits[i][..., None] * tints[labels[i]]).astype(np.uint8)
+        PIL.Image.fromarray(rgb).save(tmp_path / "colour" / f"{i}.png")
+    run_script("train_latent_ddpm.py", [
+        "--preset", "cpu", "--train_data_dir", str(tmp_path / "colour"), "--output_dir", str(tmp_path / "run"),
+        "--autoencoder_max_train_steps", "12", "--autoencoder_tsne_num_points", "20", "--max_train_steps", "5",
+        "--eval_num_samples", "20", "--num_inference_steps", "2", "--num_threads", "1", "--skip_figures",
+        *[a.replace("--autoencoder.", "--autoencoder_autoencoder.") for a in TINY_AE]])
+    cmd = [sys.executable, "-m", "benchmarks.studies.recipe", "--row", f"tiny={tmp_path / 'run' / 'pipeline'}",
+           "--rate_steps", "2", "--output", str(tmp_path / "out"), "--name", "recipe"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row, = json.loads((tmp_path / "out" / "recipe.json").read_text())["rows"]
+    ae = row["autoencoder"]
+    saved = json.loads((tmp_path / "run" / "autoencoder" / "metrics.json").read_text())
+    assert ae["max_train_steps"] == 12 and ae["test_psnr"] == saved["psnr"] and ae["block_out_channels"] == [8, 16, 16]
+    assert ae["train_seconds_alone"] == pytest.approx(12 / ae["steps_per_second_alone"]) and ae["train_seconds_alone"] > 0
+    assert row["max_train_steps"] == 5 and row["train_seconds_alone"] > 0 and row["class_accuracy"] is None
+    assert row["fid"] > 0 and row["fid_floor"] >= 0
+    md = (tmp_path / "out" / "recipe.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("| tiny |"))
+    assert f"| 12 ({saved['psnr']:.1f} dB) |" in line
+    assert f"| {ae['train_seconds_alone']:.0f} + {row['train_seconds_alone']:.0f} |" in line

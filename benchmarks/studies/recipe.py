@@ -7,9 +7,10 @@ Each --row NAME=FOLDER is a train_latent_ddpm.py run that ended with its evaluat
 config (UNet, batch, steps, learning rate, EMA, augmentation, guidance), the latent shape and the autoencoder's test
 PSNR, the scores (FID, KID, precision, recall beside the real-image floor) and the class accuracy at the config's
 guidance. Runs of a study may share the cores (scores do not depend on it), so each row's cost is measured here
-instead: the UNet's training steps per second alone, on a fresh UNet of the run's shape and batch, and from it the
-seconds its steps take on quiet cores. Run this alone. --peer adds a pixel-space row (benchmarks/studies/pixel_peer.py),
-its cost measured the same way.
+instead: the training steps per second alone of a fresh UNet of the run's shape and batch, and of a fresh autoencoder
+of its autoencoder's, and from them the seconds each stage's steps take on quiet cores (studies that move steps
+between the two stages compare their sum). Run this alone. --peer adds a pixel-space row
+(benchmarks/studies/pixel_peer.py), its cost measured the same way.
 Writes NAME.json and NAME.md.
 """
 
@@ -39,25 +40,42 @@ def read_json(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def step_rate(unet_config: dict, batch_size: int, steps: int) -> float:
-    """Training steps per second of a fresh UNet of this config: forward, loss, backward, AdamW, as the loop does."""
-    from diffusers import UNet2DModel
-
-    torch.manual_seed(0)
-    unet = UNet2DModel.from_config(unet_config).train()
-    c = unet.config
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
-    x = torch.randn(batch_size, c.in_channels, c.sample_size, c.sample_size)
-    t = torch.randint(0, 1000, (batch_size,))
-    labels = {"class_labels": torch.randint(0, c.num_class_embeds, (batch_size,))} if c.num_class_embeds else {}
+def steps_per_second(model, loss_of, steps: int) -> float:
+    """Training steps per second of `model`: forward, loss, backward, AdamW, as the loops do (3 steps of warm-up)."""
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     for i in range(steps + 3):
         if i == 3:
             start = time.perf_counter()
-        loss = (unet(x, t, **labels).sample - x).pow(2).mean()
+        loss = loss_of(model)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return steps / (time.perf_counter() - start)
+
+
+def step_rate(unet_config: dict, batch_size: int, steps: int) -> float:
+    """Training steps per second of a fresh UNet of this config."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel.from_config(unet_config)
+    c = unet.config
+    x = torch.randn(batch_size, c.in_channels, c.sample_size, c.sample_size)
+    t = torch.randint(0, 1000, (batch_size,))
+    labels = {"class_labels": torch.randint(0, c.num_class_embeds, (batch_size,))} if c.num_class_embeds else {}
+    return steps_per_second(unet, lambda m: (m(x, t, **labels).sample - x).pow(2).mean(), steps)
+
+
+def autoencoder_rate(config: dict, batch_size: int, steps: int) -> float:
+    """Training steps per second of a fresh autoencoder of this config, on a batch of its padded images."""
+    from pipeline.autoencoder import CABAutoencoder
+
+    torch.manual_seed(0)
+    autoencoder = CABAutoencoder.from_config(config)
+    c = autoencoder.config
+    x = torch.rand(batch_size, c.in_channels, c.sample_size, c.sample_size) * 2 - 1
+    return steps_per_second(autoencoder, lambda m: (m(x) - x).pow(2).mean(), steps)
 
 
 def row(name: str, folder: Path, rate_steps: int) -> dict:
@@ -65,6 +83,8 @@ def row(name: str, folder: Path, rate_steps: int) -> dict:
     unet = read_json(folder / "unet" / "config.json")
     autoencoder = read_json(folder / "autoencoder" / "config.json")
     ae_metrics = read_json(Path(cfg["autoencoder"]) / "metrics.json") or {}
+    ae_cfg = yaml.safe_load((Path(cfg["autoencoder"]) / "training_config.yaml").read_text())
+    ae_rate = autoencoder_rate(autoencoder, ae_cfg["train_batch_size"], rate_steps)
     metrics = read_json(folder / "evaluation" / "metrics.json") or {}
     guidance = read_json(folder / "evaluation" / "guidance.json")
     guided = guidance["scales"][0] if guidance else {}
@@ -74,7 +94,9 @@ def row(name: str, folder: Path, rate_steps: int) -> dict:
         "name": name, "folder": str(folder),
         "latent_shape": [unet["in_channels"], unet["sample_size"], unet["sample_size"]],
         "autoencoder": {"folder": cfg["autoencoder"], "block_out_channels": autoencoder["block_out_channels"],
-                        "test_psnr": ae_metrics.get("psnr")},
+                        "test_psnr": ae_metrics.get("psnr"), "train_batch_size": ae_cfg["train_batch_size"],
+                        "max_train_steps": ae_cfg["max_train_steps"], "steps_per_second_alone": ae_rate,
+                        "train_seconds_alone": ae_cfg["max_train_steps"] / ae_rate},
         "unet": {k: unet[k] for k in ("block_out_channels", "down_block_types", "up_block_types", "layers_per_block")},
         **{k: cfg.get(k) for k in ("train_batch_size", "max_train_steps", "learning_rate", "ema_max_decay",
                                     "random_flip", "class_dropout", "class_balance", "eval_guidance_scale")},
@@ -104,17 +126,22 @@ def peer_row(path: Path, rate_steps: int) -> dict:
 
 def markdown(r) -> str:
     lines = [f"Recipe study on {r['hardware']['cpu_count']} CPU cores, commit {(r['git_commit'] or 'unknown')[:7]}; "
-             f"`{r['command']}`. Seconds: the UNet's training steps alone on quiet cores (measured here, the pixel "
-             "rows too). Distance: FID minus the real-image floor.", "",
-             "| recipe | latent | UNet | batch x steps | lr | seconds | FID (floor) | distance | KID | precision | "
-             "recall | class acc. at guidance |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"`{r['command']}`. Seconds: each stage's training steps alone on quiet cores (measured here, the pixel "
+             "rows too), autoencoder + UNet. Distance: FID minus the real-image floor.", "",
+             "| recipe | latent | autoencoder steps (PSNR) | UNet | batch x steps | lr | seconds | FID (floor) | distance | "
+             "KID | precision | recall | class acc. at guidance |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in r["rows"]:
         latent = "x".join(map(str, x["latent_shape"])) if x["latent_shape"] else "pixels"
         acc = "" if x["class_accuracy"] is None else \
             f"{x['class_accuracy']:.1%} ({x['class_accuracy'] / x['class_accuracy_real']:.0%} of real)"
+        ae = x.get("autoencoder") or {}
+        psnr = "" if ae.get("test_psnr") is None else f" ({ae['test_psnr']:.1f} dB)"
+        stages = f"{ae['max_train_steps']:,}{psnr}" if "max_train_steps" in ae else "none"
+        seconds = f"{ae['train_seconds_alone']:.0f} + {x['train_seconds_alone']:.0f}" if "train_seconds_alone" in ae \
+            else f"{x['train_seconds_alone']:.0f}"
         lines.append(
-            f"| {x['name']} | {latent} | {list(x['unet']['block_out_channels'])} | {x['train_batch_size']} x "
-            f"{x['max_train_steps']:,} | {x['learning_rate']:g} | {x['train_seconds_alone']:.0f} | {x['fid']:.2f} "
+            f"| {x['name']} | {latent} | {stages} | {list(x['unet']['block_out_channels'])} | {x['train_batch_size']} x "
+            f"{x['max_train_steps']:,} | {x['learning_rate']:g} | {seconds} | {x['fid']:.2f} "
             f"({x['fid_floor']:.2f}) | {x['fid'] - x['fid_floor']:.2f} | {x['kid']:.3f} | {x['precision']:.3f} | "
             f"{x['recall']:.3f} | {acc} |")
     return "\n".join(lines) + "\n"
@@ -126,7 +153,8 @@ def main(argv=None):
     for spec in args.row:
         name, _, folder = spec.partition("=")
         rows.append(row(name, Path(folder), args.rate_steps))
-        print(f"{name}: {rows[-1]['steps_per_second_alone']:.2f} steps/s alone", flush=True)
+        print(f"{name}: {rows[-1]['steps_per_second_alone']:.2f} UNet and "
+              f"{rows[-1]['autoencoder']['steps_per_second_alone']:.2f} autoencoder steps/s alone", flush=True)
     rows += [peer_row(Path(p), args.rate_steps) for p in args.peer]
     result = {**provenance(args.name, hardware(torch.device("cpu")), args.commit), "threads": torch.get_num_threads(),
               "rows": rows}
