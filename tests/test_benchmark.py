@@ -442,15 +442,34 @@ def test_decode_times_every_variant_and_checks_it_against_the_plain_decode(tmp_p
     assert "| eager_fp32 | 8 |" in md and "| 32x32 |" in md and "max abs diff" in md
 
 
+def tinted_digit_run(mnist_dir, tmp_path, labelled: bool, autoencoder_steps: int):
+    """The one command (--preset cpu, tiny sizes) on 1,100 MNIST digits tinted one colour per class, in
+    tmp_path/colour (class subfolders when `labelled`, then class-conditional), into tmp_path/run."""
+    import PIL.Image
+
+    from conftest import TINY_AE, run_script
+    from pipeline.data import load_idx_dataset
+
+    digits, labels = load_idx_dataset("train", data_dir=mnist_dir)
+    tints = np.random.default_rng(0).uniform(0.3, 1.0, (10, 3))  # each class its own colour
+    for i in range(1100):
+        rgb = (digits[i][..., None] * tints[labels[i]]).astype(np.uint8)
+        folder = tmp_path / "colour" / (f"c{labels[i]}" if labelled else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        PIL.Image.fromarray(rgb).save(folder / f"{i}.png")
+    run_script("train_latent_ddpm.py", [
+        "--preset", "cpu", "--train_data_dir", str(tmp_path / "colour"), "--output_dir", str(tmp_path / "run"),
+        *(["--conditioning", "class"] if labelled else []), "--autoencoder_max_train_steps", str(autoencoder_steps),
+        "--autoencoder_tsne_num_points", "20", "--max_train_steps", "5", "--eval_num_samples", "20",
+        "--num_inference_steps", "2", "--num_threads", "1", "--skip_figures",
+        *[a.replace("--autoencoder.", "--autoencoder_autoencoder.") for a in TINY_AE]])
+
+
 def test_judge_views_scores_every_candidate_on_a_colour_run(tmp_path, mnist_dir):
     """benchmarks/studies/judge_views.py on a class-conditional run over a labelled colour folder: each candidate
     judge trained with its one change, every row over its own floor against both references, guided samples too."""
-    import PIL.Image
-
     from benchmarks.studies.judge_views import grayed, jittered
-    from conftest import TINY_AE, run_script
     from pipeline.classifier import random_zoom
-    from pipeline.data import load_idx_dataset
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(6, 3, 16, 16, generator=g) * 2 - 1
@@ -463,17 +482,7 @@ def test_judge_views_scores_every_candidate_on_a_colour_run(tmp_path, mnist_dir)
     assert torch.allclose(jittered(x, g, amount=0.0), x.clamp(-1, 1), atol=1e-5)  # no jitter: the same images
     assert not torch.allclose(jittered(x, g), x, atol=1e-3)
 
-    digits, labels = load_idx_dataset("train", data_dir=mnist_dir)
-    tints = np.random.default_rng(0).uniform(0.3, 1.0, (10, 3))  # each class its own colour
-    for i in range(1100):
-        rgb = (digits[i][..., None] * tints[labels[i]]).astype(np.uint8)
-        (tmp_path / "colour" / f"c{labels[i]}").mkdir(parents=True, exist_ok=True)
-        PIL.Image.fromarray(rgb).save(tmp_path / "colour" / f"c{labels[i]}" / f"{i}.png")
-    run_script("train_latent_ddpm.py", [
-        "--preset", "cpu", "--train_data_dir", str(tmp_path / "colour"), "--output_dir", str(tmp_path / "run"),
-        "--conditioning", "class", "--autoencoder_max_train_steps", "10", "--autoencoder_tsne_num_points", "20",
-        "--max_train_steps", "5", "--eval_num_samples", "20", "--num_inference_steps", "2", "--num_threads", "1",
-        "--skip_figures", *[a.replace("--autoencoder.", "--autoencoder_autoencoder.") for a in TINY_AE]])
+    tinted_digit_run(mnist_dir, tmp_path, labelled=True, autoencoder_steps=10)
     cmd = [sys.executable, "-m", "benchmarks.studies.judge_views", "--pipeline", str(tmp_path / "run" / "pipeline"),
            "--candidates", "judge,stages,no-zoom,input-2x", "--steps", "4", "--num_samples", "100",
            "--num_inference_steps", "2", "--output", str(tmp_path / "out"), "--name", "views"]
@@ -500,22 +509,7 @@ def test_recipe_study_costs_both_stages_of_a_colour_run(tmp_path, mnist_dir):
     """benchmarks/studies/recipe.py on a finished colour run: the row reads the run's scores and its autoencoder's
     steps and PSNR, and measures both stages' training steps alone, so a study that moves steps from one stage to
     the other sees what each costs."""
-    import PIL.Image
-
-    from conftest import TINY_AE, run_script
-    from pipeline.data import load_idx_dataset
-
-    digits, labels = load_idx_dataset("train", data_dir=mnist_dir)
-    tints = np.random.default_rng(0).uniform(0.3, 1.0, (10, 3))
-    (tmp_path / "colour").mkdir()
-    for i in range(1100):
-        rgb = (digits[i][..., None] * tints[labels[i]]).astype(np.uint8)
-        PIL.Image.fromarray(rgb).save(tmp_path / "colour" / f"{i}.png")
-    run_script("train_latent_ddpm.py", [
-        "--preset", "cpu", "--train_data_dir", str(tmp_path / "colour"), "--output_dir", str(tmp_path / "run"),
-        "--autoencoder_max_train_steps", "12", "--autoencoder_tsne_num_points", "20", "--max_train_steps", "5",
-        "--eval_num_samples", "20", "--num_inference_steps", "2", "--num_threads", "1", "--skip_figures",
-        *[a.replace("--autoencoder.", "--autoencoder_autoencoder.") for a in TINY_AE]])
+    tinted_digit_run(mnist_dir, tmp_path, labelled=False, autoencoder_steps=12)
     cmd = [sys.executable, "-m", "benchmarks.studies.recipe", "--row", f"tiny={tmp_path / 'run' / 'pipeline'}",
            "--rate_steps", "2", "--output", str(tmp_path / "out"), "--name", "recipe"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
