@@ -508,13 +508,16 @@ def test_judge_views_scores_every_candidate_on_a_colour_run(tmp_path, mnist_dir)
 def test_recipe_study_costs_both_stages_of_a_colour_run(tmp_path, mnist_dir):
     """benchmarks/studies/recipe.py on a finished colour run: the row reads the run's scores and its autoencoder's
     steps and PSNR, and measures both stages' training steps alone, so a study that moves steps from one stage to
-    the other sees what each costs."""
+    the other sees what each costs. Rows of one shape share one timing, so their seconds differ by their steps only."""
     tinted_digit_run(mnist_dir, tmp_path, labelled=False, autoencoder_steps=12)
-    cmd = [sys.executable, "-m", "benchmarks.studies.recipe", "--row", f"tiny={tmp_path / 'run' / 'pipeline'}",
+    run = tmp_path / "run" / "pipeline"
+    cmd = [sys.executable, "-m", "benchmarks.studies.recipe", "--row", f"tiny={run}", "--row", f"again={run}",
            "--rate_steps", "2", "--output", str(tmp_path / "out"), "--name", "recipe"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    row, = json.loads((tmp_path / "out" / "recipe.json").read_text())["rows"]
+    row, again = json.loads((tmp_path / "out" / "recipe.json").read_text())["rows"]
+    assert again["steps_per_second_alone"] == row["steps_per_second_alone"]  # timed once, not twice with noise
+    assert again["autoencoder"]["steps_per_second_alone"] == row["autoencoder"]["steps_per_second_alone"]
     ae = row["autoencoder"]
     saved = json.loads((tmp_path / "run" / "autoencoder" / "metrics.json").read_text())
     assert ae["max_train_steps"] == 12 and ae["test_psnr"] == saved["psnr"] and ae["block_out_channels"] == [8, 16, 16]

@@ -9,7 +9,9 @@ PSNR, the scores (FID, KID, precision, recall beside the real-image floor) and t
 guidance. Runs of a study may share the cores (scores do not depend on it), so each row's cost is measured here
 instead: the training steps per second alone of a fresh UNet of the run's shape and batch, and of a fresh autoencoder
 of its autoencoder's, and from them the seconds each stage's steps take on quiet cores (studies that move steps
-between the two stages compare their sum). Run this alone. --peer adds a pixel-space row
+between the two stages compare their sum). Each distinct shape and batch is timed once and shared by every row that
+has it, so rows that differ only in options that cost nothing (seed, learning rate, loss weighting) differ in
+seconds only by their steps. Run this alone. --peer adds a pixel-space row
 (benchmarks/studies/pixel_peer.py), its cost measured the same way.
 Writes NAME.json and NAME.md.
 """
@@ -29,7 +31,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--row", action="append", required=True, metavar="NAME=FOLDER", help="a finished latent run")
     p.add_argument("--peer", action="append", default=[], help="a pixel_peer.py result json")
-    p.add_argument("--rate_steps", type=int, default=20, help="steps timed per row (after 3 warm-up steps)")
+    p.add_argument("--rate_steps", type=int, default=40, help="steps timed per distinct shape (after 3 warm-up steps)")
     p.add_argument("--name", required=True)
     p.add_argument("--output", default="benchmarks/results")
     add_commit_option(p)
@@ -54,6 +56,22 @@ def steps_per_second(model, loss_of, steps: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
+_RATES = {}
+
+
+def once_per_shape(rate):
+    """`rate(config, batch_size, steps)` measured once per shape in this process: configs equal but for what
+    does not change the network (diffusers' `_` keys, the autoencoder's scaling_factor) share one measurement."""
+    def shared(config: dict, batch_size: int, steps: int) -> float:
+        shape = {k: v for k, v in config.items() if not k.startswith("_") and k != "scaling_factor"}
+        key = (rate.__name__, json.dumps(shape, sort_keys=True), batch_size, steps)
+        if key not in _RATES:
+            _RATES[key] = rate(config, batch_size, steps)
+        return _RATES[key]
+    return shared
+
+
+@once_per_shape
 def step_rate(unet_config: dict, batch_size: int, steps: int) -> float:
     """Training steps per second of a fresh UNet of this config."""
     from diffusers import UNet2DModel
@@ -67,6 +85,7 @@ def step_rate(unet_config: dict, batch_size: int, steps: int) -> float:
     return steps_per_second(unet, lambda m: (m(x, t, **labels).sample - x).pow(2).mean(), steps)
 
 
+@once_per_shape
 def autoencoder_rate(config: dict, batch_size: int, steps: int) -> float:
     """Training steps per second of a fresh autoencoder of this config, on a batch of its padded images."""
     from pipeline.autoencoder import CABAutoencoder
@@ -98,8 +117,8 @@ def row(name: str, folder: Path, rate_steps: int) -> dict:
                         "max_train_steps": ae_cfg["max_train_steps"], "steps_per_second_alone": ae_rate,
                         "train_seconds_alone": ae_cfg["max_train_steps"] / ae_rate},
         "unet": {k: unet[k] for k in ("block_out_channels", "down_block_types", "up_block_types", "layers_per_block")},
-        **{k: cfg.get(k) for k in ("train_batch_size", "max_train_steps", "learning_rate", "ema_max_decay",
-                                    "random_flip", "class_dropout", "class_balance", "eval_guidance_scale")},
+        **{k: cfg.get(k) for k in ("seed", "train_batch_size", "max_train_steps", "learning_rate", "ema_max_decay",
+                                    "snr_gamma", "random_flip", "class_dropout", "class_balance", "eval_guidance_scale")},
         "steps_per_second_alone": rate, "train_seconds_alone": cfg["max_train_steps"] / rate,
         **{k: metrics.get(k) for k in ("fid", "fid_floor", "fid_reconstructed", "kid", "kid_floor", "precision",
                                         "recall", "num_samples")},
