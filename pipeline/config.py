@@ -175,6 +175,8 @@ class LatentDDPMTrainConfig(TrainConfig):
     # near t=T divides its error by 5e-5 and every sampler starting at t=999 diverges (measured).
     prediction_type: str = option("v_prediction", "epsilon / v_prediction / sample; must match at sampling")
     snr_gamma: Optional[float] = option(5.0, "min-SNR loss weighting, best in benchmarks/schedules.py; null = off")
+    timestep_sampling: str = option("uniform", "training timesteps: uniform; logit_normal (SD3's, most at middling "
+                                    "noise); loss_weight (drawn in proportion to the loss weight, all then weighed alike)")
     conditioning: str = option("none", "none / class: class-conditional UNet with label dropout for CFG")
     class_dropout: float = option(0.1, "fraction of labels dropped so one model learns both modes")
     class_balance: float = option(0.0, "class-conditional: draw an image of a class of n images with weight "
@@ -211,7 +213,7 @@ class LatentDDPMTrainConfig(TrainConfig):
             raise UserError(f"sampler: {first_line(e)}")
 
     def validate(self):
-        from .schedulers import BETA_SCHEDULES, PREDICTION_TYPES
+        from .schedulers import BETA_SCHEDULES, PREDICTION_TYPES, TIMESTEP_SAMPLING
 
         super().validate()
         if self.prediction_type not in PREDICTION_TYPES:
@@ -219,6 +221,9 @@ class LatentDDPMTrainConfig(TrainConfig):
         if self.ddpm_beta_schedule not in BETA_SCHEDULES:
             raise UserError(f"ddpm_beta_schedule must be one of {', '.join(BETA_SCHEDULES)} (the cosine schedule is "
                             f"squaredcos_cap_v2), got {self.ddpm_beta_schedule!r}")
+        if self.timestep_sampling not in TIMESTEP_SAMPLING:
+            raise UserError(f"timestep_sampling must be one of {', '.join(TIMESTEP_SAMPLING)}, got "
+                            f"{self.timestep_sampling!r}")
         if self.conditioning not in ("none", "class"):
             raise UserError(f"conditioning must be none or class, got {self.conditioning!r}")
         if not 0 <= self.class_dropout < 1:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
 from diffusers import UNet2DModel
-from diffusers.training_utils import EMAModel, compute_snr
+from diffusers.training_utils import EMAModel, compute_density_for_timestep_sampling, compute_snr
 
 from . import checkpoints, training, visualisation
 from .config import LatentDDPMTrainConfig, parse_config, save_config
@@ -26,7 +26,8 @@ from .schedulers import make_scheduler, make_train_scheduler, with_scheduler
 NUM_IDX_CLASSES = 10  # MNIST and Fashion-MNIST; other datasets say how many classes they have
 # Besides checkpoints.RESUME_FIXED: the options that shape the model, its objective and its EMA. A resume
 # with any of them changed would fail or train another model; the learning rate and its schedule may change.
-RESUME_FIXED = ("unet", "ddpm_num_steps", "ddpm_beta_schedule", "prediction_type", "snr_gamma", "conditioning",
+RESUME_FIXED = ("unet", "ddpm_num_steps", "ddpm_beta_schedule", "prediction_type", "snr_gamma", "timestep_sampling",
+                "conditioning",
                 "class_dropout", "class_balance", "use_ema", "ema_max_decay", "ema_inv_gamma", "ema_power")
 
 
@@ -52,11 +53,38 @@ def build_unet(cfg, autoencoder, num_classes=NUM_IDX_CLASSES) -> UNet2DModel:
                         "UpBlock2D, AttnUpBlock2D) and that unet.norm_num_groups divides every channel count") from e
 
 
+def loss_weights(cfg, scheduler, t):
+    """Each timestep's weight in the loss: min-SNR weighting (Hang et al. 2023), or ones without snr_gamma."""
+    if not cfg.snr_gamma:
+        return torch.ones(len(t), device=t.device)
+    snr = compute_snr(scheduler, t)
+    weight = torch.clamp(snr, max=cfg.snr_gamma)
+    return weight / {"epsilon": snr, "v_prediction": snr + 1, "sample": torch.ones_like(snr)}[cfg.prediction_type]
+
+
+def draw_timesteps(cfg, scheduler, n, gen, device):
+    """(timesteps, each one's loss weight) for a batch of `n`, drawn from `gen` as cfg.timestep_sampling says."""
+    num_t = scheduler.config.num_train_timesteps
+    if cfg.timestep_sampling == "loss_weight":
+        # Importance sampling: draw t in proportion to its weight and weigh every draw alike (by the mean weight,
+        # so the loss keeps its scale). The expected loss is the uniform draw's; no draws go to timesteps the
+        # weighting would all but ignore (min-SNR's weight is near zero at both ends of the schedule).
+        w = loss_weights(cfg, scheduler, torch.arange(num_t, device=device))
+        return torch.multinomial(w, n, replacement=True, generator=gen), w.mean().expand(n)
+    if cfg.timestep_sampling == "logit_normal":  # SD3's: most draws at middling noise
+        u = compute_density_for_timestep_sampling("logit_normal", n, logit_mean=0.0, logit_std=1.0, device=device,
+                                                  generator=gen)
+        t = (u * num_t).long().clamp(max=num_t - 1)
+    else:
+        t = torch.randint(0, num_t, (n,), generator=gen, device=device)
+    return t, loss_weights(cfg, scheduler, t)
+
+
 def loss_fn(cfg, scheduler, unet, latents, labels, gen, null_label=NUM_IDX_CLASSES):
     """One denoising loss on a batch: noise, timesteps and label dropout (to `null_label`, the number of
     classes) from `gen`."""
     noise = torch.randn(latents.shape, generator=gen, device=latents.device)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=gen, device=latents.device)
+    t, weight = draw_timesteps(cfg, scheduler, len(latents), gen, latents.device)
     noisy = scheduler.add_noise(latents, noise, t)
     class_labels = None
     if labels is not None:
@@ -66,12 +94,7 @@ def loss_fn(cfg, scheduler, unet, latents, labels, gen, null_label=NUM_IDX_CLASS
     target = {"epsilon": noise, "v_prediction": scheduler.get_velocity(latents, noise, t),
               "sample": latents}[cfg.prediction_type]
     loss = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
-    if cfg.snr_gamma:  # min-SNR weighting (Hang et al. 2023)
-        snr = compute_snr(scheduler, t)
-        weight = torch.clamp(snr, max=cfg.snr_gamma)
-        weight = weight / {"epsilon": snr, "v_prediction": snr + 1, "sample": torch.ones_like(snr)}[cfg.prediction_type]
-        loss = loss * weight
-    return loss.mean()
+    return (loss * weight).mean()
 
 
 def main(argv):

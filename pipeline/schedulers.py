@@ -45,6 +45,7 @@ DEFAULT_SAMPLER_MEASURED = (
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+TIMESTEP_SAMPLING = ("uniform", "logit_normal", "loss_weight")  # how training draws timesteps (latent_training.py)
 
 
 def _value(text: str):

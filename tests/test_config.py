@@ -72,6 +72,8 @@ def test_ddpm_specific_checks():
     with pytest.raises(UserError, match="ddpm_beta_schedule must be one of linear, scaled_linear, squaredcos_cap_v2 "
                                         r"\(the cosine schedule is squaredcos_cap_v2\), got 'cosine'"):
         parse_config(LatentDDPMTrainConfig, ["--ddpm_beta_schedule", "cosine"])
+    with pytest.raises(UserError, match="timestep_sampling must be one of uniform, logit_normal, loss_weight, got 'snr'"):
+        parse_config(LatentDDPMTrainConfig, ["--timestep_sampling", "snr"])
     with pytest.raises(UserError, match="hub_model_id"):
         parse_config(LatentDDPMTrainConfig, ["--push_to_hub", "true"])
     with pytest.raises(UserError, match="same length"):

@@ -342,3 +342,32 @@ def test_min_snr_weights_each_sample_by_its_noise_level(schedule, target):
         assert got.item() == pytest.approx(want.item(), rel=1e-4), f"t={t}"
         weights_seen.append(want.item())
     assert min(weights_seen) < 0.99  # the draws reached timesteps where the weighting matters
+
+
+def test_timestep_sampling_keeps_or_reshapes_the_objective():
+    """loss_weight draws each timestep in proportion to its min-SNR weight and weighs every draw alike: the
+    expected loss is the uniform draw's (checked on a loss that grows with t), with no draws where the weight is
+    near zero. logit_normal draws most timesteps at middling noise; both come from the generator alone."""
+    import torch
+
+    from pipeline import latent_training
+    from pipeline.config import LatentDDPMTrainConfig, parse_config
+    from pipeline.schedulers import make_train_scheduler
+
+    scheduler = make_train_scheduler(1000, "squaredcos_cap_v2", "v_prediction")
+
+    def draw(how, n=200_000, seed=0):
+        cfg = parse_config(LatentDDPMTrainConfig, ["--timestep_sampling", how])
+        return latent_training.draw_timesteps(cfg, scheduler, n, torch.Generator().manual_seed(seed), "cpu")
+
+    per_step_loss = torch.linspace(1.0, 3.0, 1000)  # any loss that differs across timesteps
+    expected = {}
+    for how in ("uniform", "loss_weight"):
+        t, w = draw(how)
+        expected[how] = (w * per_step_loss[t]).mean().item()
+    assert expected["loss_weight"] == pytest.approx(expected["uniform"], rel=0.01)
+    t, w = draw("loss_weight")
+    assert torch.all(w == w[0]) and ((t > 950) | (t < 20)).float().mean() < 0.01  # uniform: 7% there
+    assert torch.equal(draw("loss_weight", 64, seed=3)[0], draw("loss_weight", 64, seed=3)[0])
+    t, _ = draw("logit_normal")
+    assert 450 < t.median() < 550 and ((t < 100) | (t > 900)).float().mean() < 0.1  # uniform: 20%
