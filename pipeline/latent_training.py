@@ -27,8 +27,8 @@ NUM_IDX_CLASSES = 10  # MNIST and Fashion-MNIST; other datasets say how many cla
 # Besides checkpoints.RESUME_FIXED: the options that shape the model, its objective and its EMA. A resume
 # with any of them changed would fail or train another model; the learning rate and its schedule may change.
 RESUME_FIXED = ("unet", "ddpm_num_steps", "ddpm_beta_schedule", "prediction_type", "snr_gamma", "timestep_sampling",
-                "conditioning",
-                "class_dropout", "class_balance", "use_ema", "ema_max_decay", "ema_inv_gamma", "ema_power")
+                "conditioning", "class_dropout", "class_balance", "use_ema", "ema_max_decay", "ema_inv_gamma",
+                "ema_power")
 
 
 def build_unet(cfg, autoencoder, num_classes=NUM_IDX_CLASSES) -> UNet2DModel:
