@@ -114,6 +114,9 @@ def report(r: dict, name: str) -> str:
                   f"{ae.get('fid_reconstructed', float('nan')):.2f}) |",
                   f"| precision / recall (floor) | {p['precision']:.3f} / {p['recall']:.3f} "
                   f"({p['precision_floor']:.3f} / {p['recall_floor']:.3f}) |",
+                  *([f"| FID, labels at the data's class mix, no guidance | {p['fid_class_mix']:.2f} (precision / "
+                     f"recall {p['precision_class_mix']:.3f} / {p['recall_class_mix']:.3f}) |"]
+                    if p.get("fid_class_mix") is not None else []),
                   f"| sampling speed | {p['images_per_second']:.1f} images/s ({p['scheduler']}, "
                   f"{p['num_inference_steps']} steps) |"]
     elif p:

@@ -23,7 +23,9 @@ With `--guidance_scales 1,2,3,5` (class-conditional pipelines only) it sweeps cl
 guidance instead: per scale, digits of every class in equal numbers, their FID / precision /
 recall and class accuracy (does the judge see the requested class?), into guidance.json and
 guidance.png (see pipeline/guidance.py). Without it, a class-conditional pipeline is scored on
-unconditional samples (the null label), like any other.
+unconditional samples (the null label), like any other, and again on samples whose labels are drawn at
+the training data's class mix, unguided (`fid_class_mix` and the like; samples_class_mix.png): the
+model's own conditional distribution, which the null label, trained on a tenth of the steps, lags.
 
 Other datasets (pipeline/image_data.py: Hub ids, image folders, colour): the data options are read
 from the run's training_config.yaml, and the judge is trained on that dataset's own images, contrastively,
@@ -160,6 +162,10 @@ def print_table(metrics: dict):
         hist = " ".join(str(c) for c in metrics["class_histogram"])
         classes = f"classes 0-{len(metrics['class_histogram']) - 1}"
         print(f"{classes:16}{hist}")
+    if metrics.get("fid_class_mix") is not None:
+        print(f"at class mix    FID {metrics['fid_class_mix']:.4g}, precision {metrics['precision_class_mix']:.4g}, "
+              f"recall {metrics['recall_class_mix']:.4g}: labels drawn as the training data holds them, no guidance "
+              "(the column 'model' is the null label's)")
     print(f"speed           {metrics['images_per_second']:.1f} images/s "
           f"({metrics['scheduler']}, {metrics['num_inference_steps']} steps)")
     print_memorisation(metrics)
@@ -225,6 +231,8 @@ def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=
     metrics = score_images(images, classifier, reference)
     metrics.update(score_reconstructions(pipe.autoencoder, classifier, reference, num_samples, train_images, batch_size))
     metrics.update(memorisation(images, train_images, data.load("test")[0][:num_samples]))
+    metrics.update(score_at_class_mix(sampler, classifier, reference, data.load("train")[1], out, num_samples,
+                                      batch_size, num_inference_steps, seed))
     metrics.update(scheduler=scheduler, num_inference_steps=num_inference_steps, seed=seed, batch_size=batch_size,
                    device=str(pipe.device), sampling_seconds=round(seconds, 3),
                    images_per_second=round(num_samples / seconds, 2),
@@ -232,6 +240,26 @@ def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=
     print_table(metrics)
     _write_metrics(metrics, out)
     return metrics
+
+
+CLASS_MIX_KEYS = ("fid", "kid", "precision", "recall", "density", "coverage")
+
+
+def score_at_class_mix(sampler, classifier, reference, train_labels, out, num_samples, batch_size, steps, seed) -> dict:
+    """`<metric>_class_mix`: a class-conditional model's own distribution, scored like the samples above. Labels
+    are drawn at the training data's class mix (so the real images and the samples hold the classes alike),
+    without guidance. The samples above come from the null label, which class dropout trains on a tenth of the
+    steps: the weaker half of the model, and what pipe() gives without labels. None for unconditional models,
+    unlabelled data, or labels the model has no classes for."""
+
+    num_class_embeds = sampler.unet.config.num_class_embeds
+    if num_class_embeds is None or train_labels is None or np.max(train_labels) >= num_class_embeds - 1:
+        return {f"{key}_class_mix": None for key in CLASS_MIX_KEYS}
+    labels = np.random.default_rng(seed).choice(np.asarray(train_labels), num_samples)
+    images = sample_images(sampler, num_samples, batch_size, steps, seed, labels, guidance_scale=1.0)
+    save_grid(images[:100], out / "samples_class_mix.png", nrow=10)
+    scores = score_images(images, classifier, reference)
+    return {f"{key}_class_mix": scores[key] for key in CLASS_MIX_KEYS}
 
 
 def _samples_only(pipe, out, source, reason, num_samples, batch_size, num_inference_steps, scheduler, seed) -> dict:

@@ -221,11 +221,28 @@ def test_guidance_sweep_writes_json_png_and_a_table(saved, tmp_path, mnist_dir, 
     assert not (tmp_path / "metrics.json").exists()  # the sweep replaces the plain evaluation
 
 
-def test_plain_evaluation_of_a_conditional_pipeline_still_works(tmp_path, mnist_dir, stub_judge, monkeypatch):
+def test_plain_evaluation_of_a_conditional_pipeline_scores_it_with_and_without_labels(tmp_path, mnist_dir, stub_judge,
+                                                                                        monkeypatch):
     monkeypatch.setenv("LATENT_DIGITS_CACHE", str(stub_judge))
-    metrics = evaluate_pipeline(tiny_pipe(), tmp_path, num_samples=20, num_inference_steps=2, batch_size=20,
+    pipe, calls = tiny_pipe(), []
+    class_labels_seen(pipe.unet, calls)
+    metrics = evaluate_pipeline(pipe, tmp_path, num_samples=20, num_inference_steps=2, batch_size=20,
                                 data_dir=mnist_dir)
     assert sum(metrics["class_histogram"]) == 20 and (tmp_path / "metrics.json").is_file()
+    # first the null label (what pipe() gives without labels), then the classes at the data's mix, unguided:
+    # one UNet call of 20 per step, never the doubled batch of guidance
+    null = [c for c in calls if (c == NULL_LABEL).all()]
+    labelled = [c for c in calls if (c < NULL_LABEL).all()]
+    assert len(null) == len(labelled) == 2 and len(calls) == 4 and all(len(c) == 20 for c in calls)
+    assert torch.equal(labelled[0], labelled[1]) and len(labelled[0].unique()) > 3
+    for key in ("fid", "kid", "precision", "recall", "density", "coverage"):
+        assert isinstance(metrics[f"{key}_class_mix"], float), key
+    assert metrics["fid_class_mix"] != metrics["fid"]
+    assert (tmp_path / "samples_class_mix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    unconditional = evaluate_pipeline(tiny_pipe(conditional=False), tmp_path / "u", num_samples=20,
+                                      num_inference_steps=2, batch_size=20, data_dir=mnist_dir)
+    assert unconditional["fid_class_mix"] is None and not (tmp_path / "u" / "samples_class_mix.png").exists()
 
 
 @pytest.mark.slow
