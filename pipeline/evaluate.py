@@ -25,7 +25,7 @@ recall and class accuracy (does the judge see the requested class?), into guidan
 guidance.png (see pipeline/guidance.py). Without it, a class-conditional pipeline is scored on
 unconditional samples (the null label), like any other, and again on samples whose labels are drawn at
 the training data's class mix, unguided (`fid_class_mix` and the like; samples_class_mix.png): the
-model's own conditional distribution, which the null label, trained on a tenth of the steps, lags.
+model's own conditional distribution, which the null label (a tenth of the images with class_dropout 0.1) lags.
 
 Other datasets (pipeline/image_data.py: Hub ids, image folders, colour): the data options are read
 from the run's training_config.yaml, and the judge is trained on that dataset's own images, contrastively,
@@ -249,8 +249,8 @@ def score_at_class_mix(sampler, classifier, reference, train_labels, out, num_sa
     """`<metric>_class_mix`: a class-conditional model's own distribution, scored like the samples above. Labels
     are drawn at the training data's class mix (so the real images and the samples hold the classes alike),
     without guidance. The samples above come from the null label, which class dropout trains on a tenth of the
-    steps: the weaker half of the model, and what pipe() gives without labels. None for unconditional models,
-    unlabelled data, or labels the model has no classes for."""
+    images (class_dropout 0.1): the weaker half of the model, and what pipe() gives without labels. None for
+    unconditional models, unlabelled data, or labels the model has no classes for."""
 
     num_class_embeds = sampler.unet.config.num_class_embeds
     if num_class_embeds is None or train_labels is None or np.max(train_labels) >= num_class_embeds - 1:
