@@ -219,7 +219,7 @@ def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=
     # The judge and the real images first: if they cannot be had (no data), fail before spending time on sampling.
     classifier = get_classifier(data, device=pipe.device)
     reference = get_reference(data, classifier=classifier, features=features, weights=features_weights)
-    train_images = data.load("train")[0]
+    train_images, train_labels = data.load("train")
     sampler = with_scheduler(pipe, scheduler)
 
     start = time.perf_counter()
@@ -231,8 +231,8 @@ def evaluate_pipeline(pipe, output_dir, num_samples=10_000, num_inference_steps=
     metrics = score_images(images, classifier, reference)
     metrics.update(score_reconstructions(pipe.autoencoder, classifier, reference, num_samples, train_images, batch_size))
     metrics.update(memorisation(images, train_images, data.load("test")[0][:num_samples]))
-    metrics.update(score_at_class_mix(sampler, classifier, reference, data.load("train")[1], out, num_samples,
-                                      batch_size, num_inference_steps, seed))
+    metrics.update(score_at_class_mix(sampler, classifier, reference, train_labels, out, num_samples, batch_size,
+                                      num_inference_steps, seed))
     metrics.update(scheduler=scheduler, num_inference_steps=num_inference_steps, seed=seed, batch_size=batch_size,
                    device=str(pipe.device), sampling_seconds=round(seconds, 3),
                    images_per_second=round(num_samples / seconds, 2),
